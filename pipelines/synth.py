@@ -1,0 +1,21 @@
+"""DVC stage `synth`: generate the embedded SkinSynth dataset in Fitzpatrick17k's file format."""
+
+from __future__ import annotations
+
+import json
+
+from skinflow.data.skinsynth import SynthConfig, generate
+from skinflow.stage import show_progress, stage_config
+
+OUT_DIR = "data/skinsynth"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, _ = stage_config("synth", SynthConfig, argv)
+    summary = generate(OUT_DIR, cfg, progress=show_progress())
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+"""SkinFlow: reproducible dermatology VLM pipeline."""
+__version__ = "0.1.0"

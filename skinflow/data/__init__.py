@@ -1,0 +1,1 @@
+"""Data layer: SkinSynth generation, source adapters, image probing, splits and validation."""
