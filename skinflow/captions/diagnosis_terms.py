@@ -25,43 +25,62 @@ GENERIC_DIAGNOSIS_TERMS: tuple[str, ...] = (
     "urticaria", "verruca", "vitiligo", "wart", "zoster",
 )
 
-_SEPARATOR = r"[\s_\-]+"
+# Words are runs of letters/digits, so spaces, hyphens, underscores and punctuation all separate.
+_WORD = re.compile(r"[^\W_]+")
 
-
-def _key(term: str) -> str:
-    """Case- and separator-insensitive identity of a term (used to dedupe and map matches back)."""
-    return " ".join(re.split(_SEPARATOR, term.strip().casefold()))
+_Entry = tuple[tuple[str, ...], str]  # (lower-case words, name to report)
 
 
 @lru_cache(maxsize=64)
-def _compile(labels: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str, str]]:
-    canonical: dict[str, str] = {}
+def _index(labels: tuple[str, ...]) -> tuple[dict[str, str], dict[str, list[_Entry]]]:
+    """(single-word form -> name, first word -> multi-word entries longest first).
+
+    Single-word terms are indexed with their "-s"/"-es" plurals so a text word costs one lookup.
+    """
+    single: dict[str, str] = {}
+    multi: dict[str, list[_Entry]] = {}
     for term in (*labels, *GENERIC_DIAGNOSIS_TERMS):  # labels first: report the taxonomy's spelling
-        key = _key(term)
-        if key and key not in canonical:
-            canonical[key] = term
-    # Longest first so "basal cell carcinoma" wins over "carcinoma" at the same position. An
-    # optional plural suffix catches "melanomas" / "warts" without a stemmer.
-    alternatives = sorted(canonical, key=len, reverse=True)
-    body = "|".join(_SEPARATOR.join(re.escape(w) for w in key.split(" ")) for key in alternatives)
-    pattern = re.compile(rf"(?<![\w])(?:{body})(?:e?s)?(?![\w])", re.IGNORECASE)
-    return pattern, canonical
+        words = tuple(_WORD.findall(str(term).casefold()))
+        if len(words) == 1:
+            for form in (words[0], words[0] + "s", words[0] + "es"):
+                single.setdefault(form, str(term))
+        elif words and all(words != e[0] for e in multi.get(words[0], ())):
+            multi.setdefault(words[0], []).append((words, str(term)))
+    for entries in multi.values():
+        entries.sort(key=lambda entry: -len(entry[0]))
+    return single, multi
 
 
 def mentions_diagnosis(text: str, labels: Iterable[str] = ()) -> list[str]:
     """Diagnosis names found in ``text``: taxonomy ``labels`` plus the built-in generic terms.
 
-    Returns each distinct name once, in order of first appearance, spelled as in ``labels`` (or the
-    built-in list). Empty when ``text`` names no diagnosis.
+    Whole-word, case-insensitive; separators (space, hyphen, underscore, punctuation) are
+    interchangeable and the last word may carry a plural "-s"/"-es". Returns each distinct name once,
+    in order of first appearance, spelled as in ``labels`` (or the built-in list).
     """
     if not text:
         return []
-    pattern, canonical = _compile(tuple(sorted({str(label) for label in labels if str(label).strip()})))
+    single, multi = _index(labels if isinstance(labels, tuple) else tuple(labels))
+    words = _WORD.findall(text.casefold())
     found: list[str] = []
-    for match in pattern.finditer(text):
-        key = _key(match.group(0))
-        # Undo the optional plural suffix: exact key first, then "-s", then "-es".
-        name = next((canonical[k] for k in (key, key[:-1], key[:-2]) if k in canonical), match.group(0))
-        if name not in found:
+    i = 0
+    while i < len(words):
+        name, span = None, 1
+        for target, term in multi.get(words[i], ()):  # longest multi-word match first
+            if _matches(words, i, target):
+                name, span = term, len(target)
+                break
+        if name is None:
+            name = single.get(words[i])
+        if name is not None and name not in found:
             found.append(name)
+        i += span
     return found
+
+
+def _matches(words: list[str], i: int, target: tuple[str, ...]) -> bool:
+    n = len(target)
+    if i + n > len(words) or words[i : i + n - 1] != list(target[:-1]):
+        return False
+    last = words[i + n - 1]
+    return last in (target[-1], target[-1] + "s", target[-1] + "es")

@@ -40,26 +40,41 @@ def _lit(values: tuple[str, ...]) -> Any:
     return Literal[values]  # type: ignore[valid-type]  # Literal over a runtime tuple
 
 
+# Module-level aliases so pydantic can resolve the (postponed) annotations by name.
+ImageQuality = _lit(vocab.IMAGE_QUALITY)
+BodySite = _lit(vocab.BODY_SITE)
+PrimaryMorphology = _lit(vocab.PRIMARY_MORPHOLOGY)
+SecondaryFeature = _lit(vocab.SECONDARY_FEATURES)
+Colour = _lit(vocab.COLOUR)
+BorderDefinition = _lit(vocab.BORDER_DEFINITION)
+BorderRegularity = _lit(vocab.BORDER_REGULARITY)
+Configuration = _lit(vocab.CONFIGURATION)
+LesionCount = _lit(vocab.LESION_COUNT)
+Distribution = _lit(vocab.DISTRIBUTION)
+SizeClass = _lit(vocab.SIZE_CLASS)
+FitzpatrickType = _lit(vocab.FITZPATRICK_TYPE)
+
+
 class Caption(BaseModel):
     """One clinical description; construct directly, via ``from_attributes`` or ``parse_caption``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="SkinFlowCaption")
 
     schema_version: Literal[SCHEMA_VERSION] = SCHEMA_VERSION  # type: ignore[valid-type]
-    image_quality: _lit(vocab.IMAGE_QUALITY) = Field(description="Photographic quality for assessment.")
-    body_site: _lit(vocab.BODY_SITE) = Field(description="Anatomical site of the dominant lesion.")
-    primary_morphology: tuple[_lit(vocab.PRIMARY_MORPHOLOGY), ...] = Field(min_length=1)
-    secondary_features: tuple[_lit(vocab.SECONDARY_FEATURES), ...] = Field(
+    image_quality: ImageQuality = Field(description="Photographic quality for assessment.")
+    body_site: BodySite = Field(description="Anatomical site of the dominant lesion.")
+    primary_morphology: tuple[PrimaryMorphology, ...] = Field(min_length=1)
+    secondary_features: tuple[SecondaryFeature, ...] = Field(
         min_length=1, description="Use ['none'] when there are no secondary features."
     )
-    colour: tuple[_lit(vocab.COLOUR), ...] = Field(min_length=1)
-    border_definition: _lit(vocab.BORDER_DEFINITION)
-    border_regularity: _lit(vocab.BORDER_REGULARITY)
-    configuration: tuple[_lit(vocab.CONFIGURATION), ...] = Field(min_length=1)
-    lesion_count: _lit(vocab.LESION_COUNT) = Field(description="single; few = 2-5; multiple = >5.")
-    distribution: _lit(vocab.DISTRIBUTION)
-    size_class: _lit(vocab.SIZE_CLASS) = Field(description="Longest diameter of the dominant lesion.")
-    fitzpatrick_type: _lit(vocab.FITZPATRICK_TYPE)
+    colour: tuple[Colour, ...] = Field(min_length=1)
+    border_definition: BorderDefinition
+    border_regularity: BorderRegularity
+    configuration: tuple[Configuration, ...] = Field(min_length=1)
+    lesion_count: LesionCount = Field(description="single; few = 2-5; multiple = >5.")
+    distribution: Distribution
+    size_class: SizeClass = Field(description="Longest diameter of the dominant lesion.")
+    fitzpatrick_type: FitzpatrickType
     summary: str = Field(
         min_length=1,
         max_length=SUMMARY_MAX_CHARS,
@@ -112,8 +127,10 @@ class Caption(BaseModel):
         for name in SET_FIELDS:
             value = _plain(row[name])
             fields[name] = [value] if isinstance(value, str) else list(value)
-        fields["summary"] = compose_summary(fields)
-        return cls.model_validate(fields, context={"diagnosis_labels": diagnosis_labels})
+        # Validate first (placeholder summary) so the summary is composed from canonical terms.
+        draft = cls.model_validate({**fields, "summary": "pending"}).model_dump()
+        draft["summary"] = compose_summary(draft)
+        return cls.model_validate(draft, context={"diagnosis_labels": diagnosis_labels})
 
 
 def _plain(value: Any) -> Any:
@@ -168,7 +185,9 @@ def compose_summary(f: Mapping[str, Any]) -> str:
             f"{f['border_regularity']} border",
             f"{_join([_words(c) for c in f['configuration']], limit)} configuration",
             f"{f['distribution']} distribution",
-            f"Fitzpatrick type {f['fitzpatrick_type']} skin",
+            f"Fitzpatrick type {f['fitzpatrick_type']} skin"
+            if f["fitzpatrick_type"] != "unknown"
+            else "Fitzpatrick type not assessable",
         ]
         for keep in range(len(clauses), 0, -1):
             text = ", ".join(clauses[:keep]) + "."
@@ -183,7 +202,7 @@ def compose_summary(f: Mapping[str, Any]) -> str:
 def caption_json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of ``Caption``; committed as ``caption_schema.json``."""
     schema = Caption.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_VERSION, **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def caption_json_schema_text() -> str:

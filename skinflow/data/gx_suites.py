@@ -34,7 +34,7 @@ class Outcome:
     observed: object = None
 
 
-def _run(frame: pd.DataFrame, expectations: list[tuple[str, str | None, object]]) -> list[Outcome]:
+def run_expectations(frame: pd.DataFrame, expectations: list[tuple[str, str | None, object]]) -> list[Outcome]:
     context = gx.get_context(mode="ephemeral")
     try:
         context.variables.progress_bars = {"globally": False, "metric_calculations": False}
@@ -85,7 +85,7 @@ def row_outcomes(frame: pd.DataFrame, labels: list[str], label_paths: list[str],
         ("min_height", Reason.TINY_IMAGE,
          gxe.ExpectColumnValuesToBeBetween(column="height", min_value=min_side)),
     ]
-    return _run(frame, expectations)
+    return run_expectations(frame, expectations)
 
 
 def table_outcomes(accepted: pd.DataFrame, labels: list[str], min_rows: int) -> list[Outcome]:
@@ -104,4 +104,4 @@ def table_outcomes(accepted: pd.DataFrame, labels: list[str], min_rows: int) -> 
         ("label_distinct_count", None,
          gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=1)),
     ]
-    return _run(accepted, expectations)
+    return run_expectations(accepted, expectations)

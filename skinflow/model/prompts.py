@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from skinflow.captions import vocab
 
 CAPTION_TASK = "caption"
 DIAGNOSIS_TASK = "diagnosis"
 
 
 def caption_instruction() -> str:
-    fields = {**vocab.SCALAR_FIELDS, **vocab.SET_FIELDS}
-    lines = ["Describe the visible skin findings as one JSON object with these fields "
-             "(lists for plural fields) and a one-sentence summary without any diagnosis:"]
-    lines += [f"{name}: {' | '.join(values)}" for name, values in fields.items()]
-    return "\n".join(lines)
+    # One prompt for every captioner and for the model's own Stage I task.
+    from skinflow.captions.captioners import caption_prompt
+
+    return caption_prompt()
 
 
 def diagnosis_instruction(labels: Sequence[str] | None = None) -> str:
