@@ -32,8 +32,8 @@ _Entry = tuple[tuple[str, ...], str]  # (lower-case words, name to report)
 
 
 @lru_cache(maxsize=64)
-def _index(labels: tuple[str, ...]) -> tuple[dict[str, str], dict[str, list[_Entry]]]:
-    """(single-word form -> name, first word -> multi-word entries longest first).
+def _index(labels: tuple[str, ...]) -> tuple[dict[str, str], dict[str, list[_Entry]], frozenset[str]]:
+    """(single-word form -> name, first word -> multi-word entries longest first, all start words).
 
     Single-word terms are indexed with their "-s"/"-es" plurals so a text word costs one lookup.
     """
@@ -48,7 +48,7 @@ def _index(labels: tuple[str, ...]) -> tuple[dict[str, str], dict[str, list[_Ent
             multi.setdefault(words[0], []).append((words, str(term)))
     for entries in multi.values():
         entries.sort(key=lambda entry: -len(entry[0]))
-    return single, multi
+    return single, multi, frozenset(single) | frozenset(multi)
 
 
 def mentions_diagnosis(text: str, labels: Iterable[str] = ()) -> list[str]:
@@ -60,8 +60,10 @@ def mentions_diagnosis(text: str, labels: Iterable[str] = ()) -> list[str]:
     """
     if not text:
         return []
-    single, multi = _index(labels if isinstance(labels, tuple) else tuple(labels))
+    single, multi, starts = _index(labels if isinstance(labels, tuple) else tuple(labels))
     words = _WORD.findall(text.casefold())
+    if starts.isdisjoint(words):  # the common case, checked at C speed
+        return []
     found: list[str] = []
     i = 0
     while i < len(words):

@@ -58,7 +58,12 @@ FitzpatrickType = _lit(vocab.FITZPATRICK_TYPE)
 class Caption(BaseModel):
     """One clinical description; construct directly, via ``from_attributes`` or ``parse_caption``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="SkinFlowCaption")
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="SkinFlowCaption",
+        json_schema_extra={"description": "Schema-based clinical description of one skin image (SkinFlow Stage I)."},
+    )
 
     schema_version: Literal[SCHEMA_VERSION] = SCHEMA_VERSION  # type: ignore[valid-type]
     image_quality: ImageQuality = Field(description="Photographic quality for assessment.")

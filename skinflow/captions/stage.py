@@ -21,7 +21,7 @@ from skinflow.captions.metrics import aggregate, caption_text_metrics
 from skinflow.captions.parser import parse_caption
 from skinflow.captions.vocab import SCHEMA_VERSION
 from skinflow.config import Section
-from skinflow.data.manifest import QUARANTINE_COLUMNS, conform
+from skinflow.data.manifest import QUARANTINE_COLUMNS, conform, image_paths
 
 CAPTION_COLUMNS = {
     "image_id": "string", "content_md5": "string", "rel_path": "string", "split": "string",
@@ -33,7 +33,6 @@ CAPTION_COLUMNS = {
 class CaptionStageConfig(Section):
     captioner: CaptionerConfig = CaptionerConfig(kind="oracle")
     attributes: str | None = "data/skinsynth/attributes.parquet"  # ground truth (oracle + references)
-    image_root: str = "data/skinsynth/images"
     batch_size: int = Field(64, ge=1)
     progress_dir: str = ".cache/captions"
     min_parse_rate: float = Field(0.95, ge=0, le=1)       # hard fail below
@@ -79,8 +78,8 @@ def run_captions(manifest: pd.DataFrame, cfg: CaptionStageConfig, progress: bool
     with progress_file.open("a", encoding="utf-8") as sink:
         for start in batches:
             chunk = todo.iloc[start : start + cfg.batch_size]
-            requests = [CaptionRequest(r.image_id, os.path.join(cfg.image_root, r.rel_path),
-                                       attributes.get(r.image_id)) for r in chunk.itertuples()]
+            requests = [CaptionRequest(image_id, path, attributes.get(image_id))
+                        for image_id, path in zip(chunk["image_id"], image_paths(chunk))]
             for request, outcome, k in zip(requests, captioner.caption(requests),
                                            chunk["image_id"] + ":" + chunk["content_md5"].fillna("")):
                 record = {"key": k, "image_id": outcome.image_id, "status": outcome.status,

@@ -21,6 +21,7 @@ from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
 SYNONYMS_PATH = Path(__file__).with_name("synonyms.yaml")
 VOCAB_FIELDS: dict[str, tuple[str, ...]] = {**SCALAR_FIELDS, **SET_FIELDS}
 
+_EXACT = {field: frozenset(terms) for field, terms in VOCAB_FIELDS.items()}
 _SEPARATORS = re.compile(r"[\s\-_\u2010-\u2015]+")  # whitespace, ASCII hyphen, unicode dashes
 _EDGE_PUNCT = " \t\r\n.,;:!?\"'`()[]{}*"
 
@@ -42,6 +43,8 @@ class SynonymTable:
     def term(self, field: str, text: Any) -> str | None:
         if not isinstance(text, str):
             return None
+        if text in _EXACT.get(field, ()):  # fast path: already a vocabulary term
+            return text
         table = self.lookup.get(field)
         return None if table is None else table.get(term_key(text))
 

@@ -44,6 +44,7 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
     rows = _fill_partitions(rows, taxonomy)
 
     root = Path(cfg.image_root)
+    rows["image_root"] = cfg.image_root
     readable = rows["ingest_error"].isna()
     settings = ProbeSettings(min_side=cfg.min_side, max_pixels=cfg.max_pixels, full_decode=cfg.full_decode)
     probes = probe_images((root / p for p in rows.loc[readable, "rel_path"]), settings,

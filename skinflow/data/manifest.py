@@ -19,7 +19,8 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "image_id": "string",            # md5hash (F17k), image_id (HAM/ISIC) or file stem (generic)
     "source": "string",              # adapter name
     "source_row": "int64",           # 0-based data row in the source table (provenance)
-    "rel_path": "string",            # image path relative to the adapter's image root
+    "image_root": "string",          # the source's image folder, as given in params
+    "rel_path": "string",            # image path relative to image_root
     "content_md5": "string",         # md5 of the bytes actually read
     "declared_md5": "string",        # md5 the source table claims (F17k md5hash), if any
     "width": "Int64",
@@ -70,6 +71,11 @@ QUARANTINE_COLUMNS: dict[str, str] = {
     "detail": "string",
     "record": "string",  # the full row as JSON, so nothing is lost
 }
+
+
+def image_paths(frame: pd.DataFrame) -> list[str]:
+    """Full path of each row's image (image_root joined with rel_path)."""
+    return [str(Path(root) / rel) for root, rel in zip(frame["image_root"], frame["rel_path"])]
 
 
 def empty_manifest() -> pd.DataFrame:

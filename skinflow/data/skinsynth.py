@@ -515,7 +515,9 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = False,
             items.append(_make_item(job))
             bar and bar.update()
     else:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # fork: children need nothing from __main__ (works from notebooks and unguarded scripts).
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
             for item in pool.imap(_make_item, jobs, chunksize=8):
                 items.append(item)
                 bar and bar.update()

@@ -23,6 +23,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from skinflow.config import Section
 from skinflow.io import atomic_dir
 from skinflow.model.processor import SkinFlowVLProcessor, load_processor
+from skinflow.model.prompts import write_model_meta
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -140,6 +141,7 @@ def build_tiny(out_dir: str | os.PathLike, cfg: BaseModelConfig, labels: list[st
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         (tmp / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+        write_model_meta(tmp, "compact")
     params = sum(p.numel() for p in model.parameters())
     return {"kind": "tiny", "parameters": params,
             "vision_parameters": sum(p.numel() for p in model.model.visual.parameters()),
@@ -160,7 +162,13 @@ def prepare_base(out_dir: str | os.PathLike, cfg: BaseModelConfig, labels: list[
 
 
 def load_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Load (model, processor) from a local directory; DVE-converted models are restored too."""
-    from skinflow.model.dve_io import load_vl_model
+    """Load (model, processor) from a local directory; a DVE-converted model comes back converted."""
+    from skinflow.model.fdlinear import load_dve_model, stored_dve_config
 
-    return load_vl_model(model_dir, dtype=dtype), load_processor(model_dir)
+    config = Qwen2_5_VLConfig.from_pretrained(model_dir, local_files_only=True)
+    if stored_dve_config(config) is not None:
+        model = load_dve_model(model_dir, dtype=dtype, local_files_only=True)
+    else:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype,
+                                                                   local_files_only=True)
+    return model, load_processor(model_dir)

@@ -222,7 +222,8 @@ class FDLinear(nn.Module):
         """Per-image c (n, I), f (n, O), beta (n, K) from the mean token of each image, and the segment lengths."""
         lengths = self._segment_lengths(x)
         g = torch.stack([seg.mean(0) for seg in x.reshape(-1, self.in_features).split(lengths)])
-        return (*self.head(g), lengths)
+        with torch.autocast(x.device.type, enabled=False):  # tiny head: run it in its own parameter dtype
+            return (*self.head(g.to(self.head.reduce.weight.dtype)), lengths)
 
     def dynamic_weights(self, x: Tensor) -> Tensor:
         """Effective per-image weights (f c^T) * sum_k beta_k W_k, (n_images, O, I); for inspection and tests."""
@@ -231,9 +232,11 @@ class FDLinear(nn.Module):
         return torch.einsum("nk,koi->noi", beta, bases) * f[:, :, None] * c[:, None, :]
 
     def forward(self, x: Tensor) -> Tensor:
-        dt = x.dtype
+        # a custom Function is not autocast-aware (and mm(out=) is never autocast): pick the autocast dtype ourselves
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         c, f, beta, lengths = self.modulation(x)
-        flat = x.reshape(-1, self.in_features)
+        flat = x.reshape(-1, self.in_features).to(dt)
         y = _DynamicProject.apply(flat, c.to(dt), f.to(dt), beta.to(dt), self.band_bases().to(dt), lengths)
         if self.bias is not None:
             y = y + self.bias.to(dt)

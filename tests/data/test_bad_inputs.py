@@ -200,12 +200,12 @@ def run(cfg: IngestConfig, vcfg: ValidateConfig | None = None) -> Result:
 # --------------------------------------------------------------------------- F17k per-row catalogue
 
 # case id -> expected reason. Each builder below adds that case's rows to a shared dataset.
-F17K_CASES: dict[str, str] = {
+F17K_CASES: dict[str, str | set[str]] = {
     "missing_image": Reason.MISSING_IMAGE,
     "zero_byte_file": Reason.EMPTY_FILE,
     "truncated_jpeg": Reason.TRUNCATED_IMAGE,
     "random_bytes_as_jpeg": Reason.CORRUPT_IMAGE,
-    "jpeg_soi_then_garbage": Reason.CORRUPT_IMAGE,
+    "jpeg_soi_then_garbage": TRUNCATED_OR_CORRUPT,  # Pillow: "Truncated File Read"
     "md5_mismatch": Reason.MD5_MISMATCH,
     "cmyk_jpeg": Reason.NON_RGB,
     "grayscale_jpeg": Reason.NON_RGB,
@@ -309,8 +309,10 @@ def f17k_catalogue(tmp_path_factory):
 @pytest.mark.parametrize("case", list(F17K_CASES))
 def test_f17k_defect_is_quarantined_with_reason(f17k_catalogue, case):
     result: Result = f17k_catalogue["result"]
+    expected = F17K_CASES[case]
+    expected = expected if isinstance(expected, set) else {expected}
     for source_row in f17k_catalogue["cases"][case]:
-        assert result.reason(source_row) == F17K_CASES[case], result.quarantine.loc[
+        assert result.reason(source_row) in expected, result.quarantine.loc[
             result.quarantine["source_row"] == source_row, ["reason", "detail"]].to_dict("records")
         assert not result.accepted(source_row)
 
@@ -362,7 +364,7 @@ def test_f17k_conservation_and_records(f17k_catalogue):
     ds: F17kDataset = f17k_catalogue["ds"]
     cases = f17k_catalogue["cases"]
     bad_rows = [r for rows in cases.values() for r in rows]
-    assert len({F17K_CASES[c] for c in cases}) >= 10 and len(f17k_catalogue["good"]) >= 10
+    assert len({F17K_CASES[c] for c in cases if isinstance(F17K_CASES[c], str)}) >= 10 and len(f17k_catalogue["good"]) >= 10
     assert result.report["rows_in"] == len(ds.rows) == result.ingest_report["rows"]
     assert result.report["accepted"] + result.report["quarantined"] == len(ds.rows)
     assert result.report["accepted"] == len(f17k_catalogue["good"])
@@ -456,16 +458,18 @@ def test_f17k_empty_label_is_missing_label(tmp_path):
 
 @pytest.mark.xfail(strict=True, reason="BUG: a non-integer/empty fitzpatrick_centaur becomes NA and no "
                    "expectation checks centaur for null, so the row is accepted")
-@pytest.mark.parametrize("value", ["abc", "3.5", ""])
-def test_f17k_bad_centaur_is_bad_fitzpatrick(tmp_path, value):
+def test_f17k_bad_centaur_is_bad_fitzpatrick(tmp_path):
     ds = F17kDataset(tmp_path)
     ds.add_good(1)
-    row = ds.add(fitzpatrick_centaur=value)
-    assert run(ds.config()).reason(row) == Reason.BAD_FITZPATRICK
+    rows = {value: ds.add(fitzpatrick_centaur=value) for value in ("abc", "3.5", "")}
+    result = run(ds.config())
+    assert {value: result.reason(row) for value, row in rows.items()} == {
+        value: Reason.BAD_FITZPATRICK for value in rows}
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: adapters._fitz casts inf / huge numbers to Int64 and the "
                    "whole ingest crashes (OverflowError / TypeError) instead of bad_fitzpatrick")
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("value", ["inf", "-inf", "1e30"])
 def test_f17k_non_finite_fitzpatrick_is_quarantined(tmp_path, value):
     ds = F17kDataset(tmp_path)
@@ -569,19 +573,24 @@ def test_crlf_and_bom_give_the_same_manifest(tmp_path):
     ds = F17kDataset(tmp_path)
     ds.add_good(6)
     ds.add(label="eczema")  # one quarantined row too
-    columns = ["source_row", "image_id", "label", "fitzpatrick_scale", "qc", "url"]
-    lf = run(ds.config(ds.write("lf.csv")))
-    assert not lf.ingest_report["notes"]
-    for name, kw in {"crlf.csv": dict(newline="\r\n"), "bom.csv": dict(bom=True),
-                     "bom_crlf.csv": dict(newline="\r\n", bom=True)}.items():
-        other = run(ds.config(ds.write(name, **kw)))
-        pd.testing.assert_frame_equal(other.manifest[columns], lf.manifest[columns])
-        assert list(other.quarantine["reason"]) == list(lf.quarantine["reason"]) == [Reason.UNKNOWN_LABEL]
-        if "crlf" in name:
-            assert "CRLF line endings normalised" in other.ingest_report["notes"]
+    columns = ["source_row", "image_id", "label", "nine_partition_label", "fitzpatrick_scale", "qc", "url",
+               "content_md5", "split"]
+    lf_cfg = ds.config(ds.write("lf.csv"))
+    lf_rows, _, lf_report = ingest(lf_cfg)
+    assert not lf_report["notes"]
+    variants = {"crlf.csv": dict(newline="\r\n"), "bom.csv": dict(bom=True),
+                "bom_crlf.csv": dict(newline="\r\n", bom=True)}
+    for name, kw in variants.items():
+        rows, _, report = ingest(ds.config(ds.write(name, **kw)))
+        pd.testing.assert_frame_equal(rows[columns], lf_rows[columns], obj=name)
+        assert ("CRLF line endings normalised" in report["notes"]) == ("newline" in kw)
         # No stray '\r' or BOM survives in any value.
-        assert not other.rows[["image_id", "label", "url"]].apply(
+        assert not rows[["image_id", "label", "url"]].apply(
             lambda c: c.str.contains("\r|\ufeff", regex=True)).any().any()
+    lf, crlf = run(lf_cfg), run(ds.config(tmp_path / "bom_crlf.csv"))
+    pd.testing.assert_frame_equal(crlf.manifest[columns], lf.manifest[columns])
+    assert lf.report["accepted"] == 6
+    assert list(crlf.quarantine["reason"]) == list(lf.quarantine["reason"]) == [Reason.UNKNOWN_LABEL]
 
 
 # --------------------------------------------------------------------------- generic adapter
@@ -724,7 +733,7 @@ def test_generic_unsafe_path_helper():
     for path in GENERIC_UNSAFE.values():
         if not path.startswith("<"):
             assert safe_relpath(path) is None, path
-    assert safe_relpath("/tmp/x.jpg") is None and safe_relpath("a\x00.jpg".replace("\\x00", "\x00")) is None
+    assert safe_relpath("/tmp/x.jpg") is None and safe_relpath("a\x00.jpg") is None
     assert safe_relpath("derm/./a.jpg") == "derm/a.jpg" and safe_relpath("derm\\a.jpg") == "derm/a.jpg"
 
 

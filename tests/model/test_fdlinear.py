@@ -57,6 +57,17 @@ def test_exact_at_init_single_batch_and_packed():
     assert (fd.to_linear()(x) - lin(x)).abs().max() < 1e-4
 
 
+def test_autocast_computes_in_autocast_dtype():
+    lin, fd = _fd()
+    fd.segment_lengths = (5, 11)
+    x = torch.randn(16, 24, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, ref = fd(x), lin(x)
+    assert y.dtype == torch.bfloat16 and (y.float() - ref.float()).abs().max() < 5e-2
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and fd.spectrum.grad.abs().sum() > 0
+
+
 def test_bands_orthogonal_and_sum_to_weight():
     lin, fd = _fd(in_f=32, out_f=48)
     bases = fd.band_bases()

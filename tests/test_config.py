@@ -1,0 +1,186 @@
+"""Typed params sections: unknown keys are named errors, overrides are YAML, params.yaml loads."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from skinflow.config import ConfigError, Section, apply_overrides, load_section, read_params
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+
+# section -> (module, model class); a section whose module does not exist yet is skipped.
+SECTION_MODELS = {
+    "ingest": ("skinflow.data.ingest", "IngestConfig"),
+    "validate": ("skinflow.data.validation", "ValidateConfig"),
+    "synth": ("skinflow.data.skinsynth", "SynthConfig"),
+}
+
+
+class Inner(Section):
+    seed: int = 0
+    name: str = "x"
+
+
+class Toy(Section):
+    rate: float = 0.5
+    tags: list[str] = []
+    inner: Inner = Inner()
+
+
+def write_params(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- load_section
+
+def test_typo_key_is_named(tmp_path):
+    path = write_params(tmp_path, {"toy": {"rate": 0.1, "raet": 0.2}})
+    with pytest.raises(ConfigError) as err:
+        load_section("toy", Toy, path)
+    message = str(err.value)
+    assert "toy.raet" in message and "'toy'" in message
+    assert "rate" not in message.replace("raet", "")  # the valid key is not blamed
+
+
+def test_nested_typo_key_is_named_with_its_path(tmp_path):
+    path = write_params(tmp_path, {"toy": {"inner": {"sede": 3}}})
+    with pytest.raises(ConfigError, match=r"toy\.inner\.sede"):
+        load_section("toy", Toy, path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = write_params(tmp_path, {"toy": {"rate": "fast"}})
+    with pytest.raises(ConfigError, match=r"toy\.rate"):
+        load_section("toy", Toy, path)
+
+
+def test_missing_section(tmp_path):
+    path = write_params(tmp_path, {"other": {"a": 1}})
+    with pytest.raises(ConfigError, match="section 'toy' is missing"):
+        load_section("toy", Toy, path)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_section("toy", Toy, tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- just\n- a list\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_params(path)
+
+
+def test_empty_params_file_reads_as_empty(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("", encoding="utf-8")
+    assert read_params(path) == {}
+    with pytest.raises(ConfigError, match="missing"):
+        load_section("toy", Toy, path)
+
+
+def test_loaded_section_is_frozen(tmp_path):
+    cfg = load_section("toy", Toy, write_params(tmp_path, {"toy": {"rate": 0.25}}))
+    assert cfg.rate == 0.25 and cfg.inner == Inner()
+    with pytest.raises(ValidationError):
+        cfg.rate = 0.9
+
+
+def test_empty_section_uses_defaults(tmp_path):
+    assert load_section("toy", Toy, write_params(tmp_path, {"toy": {}})) == Toy()
+
+
+# --------------------------------------------------------------------------- overrides
+
+def test_override_values_are_parsed_as_yaml():
+    data = apply_overrides({"a": {"c": 1}}, ["a.b=3", "a.f=0.5", "a.t=true", "a.n=null", "a.l=[1, x]",
+                                             "a.s=hello", "a.q='3'", "a.eq=x=y"])
+    assert data == {"a": {"c": 1, "b": 3, "f": 0.5, "t": True, "n": None, "l": [1, "x"], "s": "hello",
+                          "q": "3", "eq": "x=y"}}
+    assert isinstance(data["a"]["b"], int)
+
+
+def test_override_creates_nested_keys_and_does_not_mutate_input():
+    original = {"a": {"b": {"c": 1}}, "z": [1, 2]}
+    data = apply_overrides(original, ["a.b.d=2", "x.y.z=4"])
+    assert data["a"]["b"] == {"c": 1, "d": 2} and data["x"] == {"y": {"z": 4}}
+    assert original == {"a": {"b": {"c": 1}}, "z": [1, 2]}
+    data["z"].append(3)
+    assert original["z"] == [1, 2]
+
+
+def test_override_without_equals_sign_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["a.b"])
+
+
+def test_override_through_a_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
+
+
+def test_load_section_applies_overrides(tmp_path):
+    path = write_params(tmp_path, {"toy": {"rate": 0.1, "inner": {"seed": 1}}})
+    cfg = load_section("toy", Toy, path, overrides=["rate=0.75", "inner.seed=9", "tags=[a, b]"])
+    assert (cfg.rate, cfg.inner.seed, cfg.tags) == (0.75, 9, ["a", "b"])
+    assert yaml.safe_load(path.read_text())["toy"]["rate"] == 0.1  # the file is untouched
+
+
+def test_override_with_unknown_key_is_named(tmp_path):
+    path = write_params(tmp_path, {"toy": {"rate": 0.1}})
+    with pytest.raises(ConfigError, match=r"toy\.inner\.sed"):
+        load_section("toy", Toy, path, overrides=["inner.sed=4"])
+
+
+# --------------------------------------------------------------------------- the repo's params.yaml
+
+def _params_sections() -> list[str]:
+    return sorted(read_params(PARAMS)) if PARAMS.exists() else []
+
+
+@pytest.mark.parametrize("section", _params_sections())
+def test_repo_params_section_loads(section):
+    assert isinstance(read_params(PARAMS)[section], dict), f"section {section!r} is not a mapping"
+    if section not in SECTION_MODELS:
+        pytest.skip(f"no model mapped for params section {section!r} in this test")
+    module_name, class_name = SECTION_MODELS[section]
+    if importlib.util.find_spec(module_name) is None:
+        pytest.skip(f"{module_name} not present yet")
+    model = getattr(importlib.import_module(module_name), class_name)
+    cfg = load_section(section, model, PARAMS)
+    assert isinstance(cfg, model)
+    # Every key written in params.yaml is a real field (extra keys would already have raised),
+    # and what was written is what was loaded.
+    written = read_params(PARAMS)[section]
+    dumped = cfg.model_dump()
+    for key, value in written.items():
+        if not isinstance(value, dict):
+            assert dumped[key] == value, (section, key)
+
+
+def test_repo_params_has_the_data_sections():
+    assert PARAMS.exists()
+    assert {"ingest", "validate"} <= set(_params_sections())
+
+
+def test_repo_ingest_section_nested_splits_and_override():
+    from skinflow.data.ingest import IngestConfig
+    from skinflow.data.splits import SplitConfig
+
+    cfg = load_section("ingest", IngestConfig, PARAMS, overrides=["splits.seed=5", "splits.protocol=a12"])
+    assert isinstance(cfg.splits, SplitConfig)
+    assert (cfg.splits.seed, cfg.splits.protocol) == (5, "a12")
+    with pytest.raises(ConfigError, match=r"ingest\.splits"):
+        load_section("ingest", IngestConfig, PARAMS, overrides=["splits.train=0.9"])
+    with pytest.raises(ConfigError, match=r"ingest\.sorce"):
+        load_section("ingest", IngestConfig, PARAMS, overrides=["sorce=generic"])
