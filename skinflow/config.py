@@ -81,3 +81,24 @@ def _deep_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+# Every params.yaml section and the typed model that reads it ("module:Class", imported lazily so
+# reading one section never imports another stage's heavy dependencies).
+SECTION_MODELS: dict[str, str] = {
+    "synth": "skinflow.data.skinsynth:SynthConfig",
+    "ingest": "skinflow.data.ingest:IngestConfig",
+    "validate": "skinflow.data.validation:ValidateConfig",
+    "caption": "skinflow.captions.stage:CaptionStageConfig",
+    "base_model": "skinflow.model.base:BaseModelConfig",
+    "warmup": "skinflow.model.warmup:WarmupConfig",
+}
+
+
+def section_model(name: str) -> type[Section]:
+    import importlib
+
+    if name not in SECTION_MODELS:
+        raise ConfigError(f"unknown params section {name!r}; known: {sorted(SECTION_MODELS)}")
+    module, _, cls = SECTION_MODELS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
-from skinflow.config import ConfigError, Section, apply_overrides, load_section, read_params
+from skinflow.config import (
+    SECTION_MODELS, ConfigError, Section, apply_overrides, load_section, read_params, section_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
-
-# section -> (module, model class); a section whose module does not exist yet is skipped.
-SECTION_MODELS = {
-    "ingest": ("skinflow.data.ingest", "IngestConfig"),
-    "validate": ("skinflow.data.validation", "ValidateConfig"),
-    "synth": ("skinflow.data.skinsynth", "SynthConfig"),
-}
-
 
 class Inner(Section):
     seed: int = 0
@@ -151,12 +143,9 @@ def _params_sections() -> list[str]:
 @pytest.mark.parametrize("section", _params_sections())
 def test_repo_params_section_loads(section):
     assert isinstance(read_params(PARAMS)[section], dict), f"section {section!r} is not a mapping"
-    if section not in SECTION_MODELS:
-        pytest.skip(f"no model mapped for params section {section!r} in this test")
-    module_name, class_name = SECTION_MODELS[section]
-    if importlib.util.find_spec(module_name) is None:
-        pytest.skip(f"{module_name} not present yet")
-    model = getattr(importlib.import_module(module_name), class_name)
+    # Every shipped section must be registered with its typed model: an unregistered one fails.
+    assert section in SECTION_MODELS, f"params section {section!r} has no model in SECTION_MODELS"
+    model = section_model(section)
     cfg = load_section(section, model, PARAMS)
     assert isinstance(cfg, model)
     # Every key written in params.yaml is a real field (extra keys would already have raised),

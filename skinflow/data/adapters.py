@@ -108,8 +108,9 @@ def _list_images(root: Path) -> set[str]:
 
 def _fitz(values: pd.Series) -> pd.Series:
     # Empty or non-integer values become NA, which validation quarantines as bad_fitzpatrick.
-    number = pd.to_numeric(values, errors="coerce")
-    return number.where(number.notna() & (number == number.round())).astype("Int64")
+    number = pd.to_numeric(values, errors="coerce").astype("float64")
+    whole = number.notna() & (number.abs() < 1e9) & (number == number.round())
+    return number.where(whole).astype("Int64")
 
 
 def _mark(rows: pd.DataFrame, mask: pd.Series, reason: str, detail: pd.Series | str) -> None:
@@ -130,7 +131,7 @@ def fitzpatrick17k(csv: str | os.PathLike, image_root: str | os.PathLike, encodi
         "source": "fitzpatrick17k",
         "source_row": range(len(table)),
         "declared_md5": table["md5hash"].str.lower(),
-        "label": table["label"],
+        "label": table["label"].replace("", pd.NA),
         "nine_partition_label": table["nine_partition_label"],
         "three_partition_label": table["three_partition_label"],
         "fitzpatrick_scale": _fitz(table["fitzpatrick_scale"]),
@@ -205,7 +206,9 @@ def generic(csv: str | os.PathLike | None, image_root: str | os.PathLike, encodi
         })
     safe = table["path"].map(safe_relpath)
     rows = pd.DataFrame({
-        "image_id": safe.map(lambda p: PurePosixPath(p).stem if p else None).fillna(table["path"]),
+        # The path without its suffix: ImageFolder classes may reuse file names.
+        "image_id": safe.map(lambda p: PurePosixPath(p).with_suffix("").as_posix()
+                             if isinstance(p, str) else None).fillna(table["path"]),
         "source": "generic",
         "source_row": range(len(table)),
         "rel_path": safe.fillna(table["path"]),

@@ -43,16 +43,18 @@ def run_expectations(frame: pd.DataFrame, expectations: list[tuple[str, str | No
     batch = (context.data_sources.add_pandas("manifest_source")
              .add_dataframe_asset("manifest").add_batch_definition_whole_dataframe("all"))
     suite = context.suites.add(gx.ExpectationSuite(name="manifest_suite"))
-    for _, _, expectation in expectations:
-        suite.add_expectation(expectation)
+    # GX returns results grouped by column, not in suite order: match them back by expectation id.
+    ids = [suite.add_expectation(expectation).id for _, _, expectation in expectations]
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="manifest_validation", data=batch, suite=suite))
     result = definition.run(
         batch_parameters={"dataframe": frame},
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
     )
+    by_id = {res.expectation_config.id: res for res in result.results}
     outcomes = []
-    for (name, reason, _), res in zip(expectations, result.results, strict=True):
+    for (name, reason, _), expectation_id in zip(expectations, ids, strict=True):
+        res = by_id[expectation_id]
         rows = tuple(int(item[ROW_ID]) for item in res.result.get("unexpected_index_list") or [])
         observed = res.result.get("observed_value")
         outcomes.append(Outcome(name, bool(res.success), reason, rows, observed))
@@ -76,6 +78,8 @@ def row_outcomes(frame: pd.DataFrame, labels: list[str], label_paths: list[str],
          gxe.ExpectColumnValuesToBeInSet(column="fitzpatrick_centaur", value_set=fitz)),
         ("fitzpatrick_scale_present", Reason.BAD_FITZPATRICK,
          gxe.ExpectColumnValuesToNotBeNull(column="fitzpatrick_scale")),
+        ("fitzpatrick_centaur_present", Reason.BAD_FITZPATRICK,
+         gxe.ExpectColumnValuesToNotBeNull(column="fitzpatrick_centaur")),
         ("content_hash_format", Reason.CORRUPT_IMAGE,
          gxe.ExpectColumnValuesToMatchRegex(column="content_md5", regex=r"^[0-9a-f]{32}$")),
         ("decoded_mode_allowed", Reason.NON_RGB,

@@ -49,7 +49,8 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
     settings = ProbeSettings(min_side=cfg.min_side, max_pixels=cfg.max_pixels, full_decode=cfg.full_decode)
     probes = probe_images((root / p for p in rows.loc[readable, "rel_path"]), settings,
                           workers=cfg.workers or None, progress=progress)
-    probed = pd.DataFrame([p.__dict__ for p in probes], index=rows.index[readable])
+    probed = pd.DataFrame([p.__dict__ for p in probes], index=rows.index[readable],
+                          columns=["content_md5", "width", "height", "mode", "error", "detail"])
     for column in ("content_md5", "width", "height", "mode"):
         rows[column] = probed[column].reindex(rows.index)
     rows.loc[readable, "ingest_error"] = probed["error"]

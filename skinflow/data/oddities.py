@@ -30,7 +30,7 @@ def _flat(text: str) -> str:
 
 def url_folder(url: str | None) -> str | None:
     """The atlas folder of a source URL (the path segment before the file), if it has one."""
-    if not url or "?" in url:
+    if not isinstance(url, str) or not url or "?" in url:
         return None
     parts = [p for p in url.split("/") if p]
     return parts[-2] if len(parts) >= 4 else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -332,14 +333,17 @@ class SynthConfig(Section):
         return cls(**{"n_images": 64, "image_size": 64, **kw})
 
 
-def _conditions(labels: list[str] | tuple[str, ...] | None) -> list[Condition]:
+def _conditions(labels=None) -> list[Condition]:
     if labels is None:
         return list(CONDITIONS)
-    return [_BY_LABEL[label] for label in labels]
+    return [c if isinstance(c, Condition) else _BY_LABEL[c] for c in labels]
 
 
 def taxonomy_frame(conditions=None, counts: dict[str, int] | None = None) -> pd.DataFrame:
-    """label, nine_partition_label, three_partition_label, count (0 unless ``counts`` is given)."""
+    """label, nine_partition_label, three_partition_label, count (0 unless ``counts`` is given).
+
+    ``conditions``: labels or ``Condition`` objects (None = all 16).
+    """
     conds = _conditions(conditions)
     return pd.DataFrame({
         "label": [c.label for c in conds],
@@ -498,13 +502,13 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = False,
              workers: int | None = None) -> dict:
     """Write the dataset into ``out_dir`` (replaced atomically) and return a summary.
 
-    ``workers``: processes to render with (None = up to 4 for large runs, 1 for small ones). The
+    ``workers``: processes to render with (None = half the cores, at most 4, for 300+ images). The
     output is byte-identical for any worker count.
     """
     started = time.perf_counter()
     jobs = _plan(cfg)
     if workers is None:
-        workers = 1 if len(jobs) < 300 else max(1, min(4, mp.cpu_count()))
+        workers = 1 if len(jobs) < 300 else max(1, min(4, (os.cpu_count() or 1) // 2))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -532,8 +536,10 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = False,
     for it in items:
         url = alnum = ""
         if not it["empty_url"]:
-            counters[it["slug"]] = counters.get(it["slug"], 0) + 1
-            url = f"{URL_ROOT}/{it['slug'][0]}/{it['slug']}/{it['slug']}{counters[it['slug']]}.jpg"
+            # number per alphanumeric folder key, so spelling variants never share a url_alphanum
+            key = re.sub(r"[^a-z0-9]", "", it["slug"])
+            counters[key] = counters.get(key, 0) + 1
+            url = f"{URL_ROOT}/{it['slug'][0]}/{it['slug']}/{it['slug']}{counters[key]}.jpg"
             alnum = _alphanum(url)
         cond = _BY_LABEL[it["label"]]
         csv_rows.append((it["md5hash"], it["scale"], it["centaur"], it["label"], cond.nine_partition_label,
@@ -545,7 +551,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: bool = False,
             "image_quality": rmeta["image_quality"],
             **{k: it["attrs"][k] for k in SCALAR_ATTRS if k != "image_quality"},
             **{k: it["attrs"][k] for k in SET_ATTRS},
-            "row_index": it["index"], "url_label": it["url_label"], "label_noise": it["url_label"] != it["label"],
+            "row_index": it["index"], "url_label": it["url_label"], "label_noise": bool(url) and it["url_label"] != it["label"],
             "fill_colours": list(it["hints"]["fill"]), "style": sorted(it["hints"]["style"]),
             **{k: v for k, v in rmeta.items() if k != "image_quality"},
         })

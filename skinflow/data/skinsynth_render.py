@@ -613,10 +613,10 @@ def render(spec: dict, size: int, rng: np.random.Generator) -> tuple[Image.Image
     pil = pil.crop((pad, pad, pad + size, pad + size))
     u = rng.random()
     blur = 0.0
-    if u < 0.1:
+    if u < 0.08:
         blur = rng.uniform(1.8, 3.0) * size / 128
         flags.append("heavy_blur")
-    elif u < 0.35:
+    elif u < 0.28:
         blur = rng.uniform(0.5, 1.0) * size / 128
         flags.append("blur")
     if blur:

@@ -1,7 +1,8 @@
 """Deterministic, stratified, duplicate-grouped splits, plus Fitzpatrick17k's published protocols.
 
-Assignment depends only on (seed, group key, label), never on row order, so re-ordering or
-appending rows does not reshuffle existing ones. Rows sharing a content hash form one group and
+Assignment depends only on (seed, group key, label) and the set of groups, never on row order, so
+re-ordering rows changes nothing. Cut points are exact per label (stratification), so appending
+rows can move a few existing groups across a cut. Rows sharing a content hash form one group and
 always land in the same split.
 """
 

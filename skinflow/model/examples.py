@@ -49,8 +49,8 @@ def build_examples(rows: pd.DataFrame, captions: pd.DataFrame | None, taxonomy: 
         for task in tasks:
             if task == CAPTION_TASK:
                 target = caption_by_id.get(row.image_id)
-                if target is None:
-                    continue
+                if target is None and captions is not None:
+                    continue  # training needs a reference; evaluation (captions=None) does not
             else:
                 target = render_diagnoses(differential(row.label, taxonomy, row.image_id))
             examples.append({

@@ -28,6 +28,7 @@ def format_check(model_dir: str, manifest: pd.DataFrame, taxonomy: pd.DataFrame,
             ok = [p.ok for p in parsed]
             top1 = [p.ok and p.diagnoses[0] == ex["label"] for p, (ex, _) in zip(parsed, pairs)]
             result["diagnosis_top1_exact"] = sum(top1) / len(top1) if top1 else 0.0
+            result["distinct_top1"] = len({p.diagnoses[0] for p in parsed if p.ok})
         result[f"{task}_parse_rate"] = sum(ok) / len(ok) if ok else 0.0
     result["samples"] = {task: next((t for ex, t in zip(examples, texts) if ex["task"] == task), "")[:300]
                          for task in TASKS}

@@ -46,12 +46,6 @@ HAM_TAXONOMY = [
 ISIC_HEADER = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
 TRUNCATED_OR_CORRUPT = {Reason.TRUNCATED_IMAGE.value, Reason.CORRUPT_IMAGE.value}
 
-# WORKAROUND for a library bug (see test_validate_accepts_sources_without_url): validate() crashes
-# in oddities.url_folder() on the NA ``url`` of every generic / HAM10000 / ISIC row. The per-case
-# tests of those adapters fill ``url`` with "" so they can still check quarantine reasons. It is a
-# no-op for Fitzpatrick17k rows (their url is never NA). Set to False once the bug is fixed.
-WORKAROUND_NA_URL = True
-
 
 # --------------------------------------------------------------------------- image bytes
 
@@ -185,8 +179,6 @@ class Result:
 def run(cfg: IngestConfig, vcfg: ValidateConfig | None = None) -> Result:
     """ingest + validate, asserting conservation on every run."""
     rows, taxonomy, ingest_report = ingest(cfg)
-    if WORKAROUND_NA_URL:
-        rows = rows.assign(url=rows["url"].astype("string").fillna(""))
     manifest, quarantine, report = validate(rows, taxonomy, vcfg or ValidateConfig())
     assert report["rows_in"] == len(rows) == report["accepted"] + report["quarantined"]
     assert report["conservation_ok"] is True
@@ -382,9 +374,6 @@ def test_f17k_conservation_and_records(f17k_catalogue):
     assert result.report["quarantine_by_reason"] == result.quarantine["reason"].value_counts().to_dict()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: gx_suites._run zips expectations with result.results by "
-                   "position, but GX returns results grouped by column, so failing rows are attributed "
-                   "to the wrong expectation (scale_present <-> centaur_domain)")
 def test_f17k_quarantine_detail_names_the_failing_expectation(f17k_catalogue):
     result: Result = f17k_catalogue["result"]
     q = result.quarantine.set_index("source_row")
@@ -394,8 +383,6 @@ def test_f17k_quarantine_detail_names_the_failing_expectation(f17k_catalogue):
     assert "fitzpatrick_centaur_domain" in q.loc[centaur, "detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: gx_suites._run routes table-level results by position; "
-                   "GX reorders them by column, so report names are attached to the wrong checks")
 def test_table_expectations_are_reported_under_their_own_names():
     from skinflow.data import gx_suites
     from skinflow.data.manifest import conform
@@ -447,8 +434,6 @@ def test_max_pixels_treats_large_header_as_bomb(tmp_path):
     assert result.accepted(small)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fitzpatrick17k adapter keeps an empty label as '' (not NA), "
-                   "so it is quarantined as unknown_label instead of missing_label")
 def test_f17k_empty_label_is_missing_label(tmp_path):
     ds = F17kDataset(tmp_path)
     ds.add_good(1)
@@ -456,8 +441,6 @@ def test_f17k_empty_label_is_missing_label(tmp_path):
     assert run(ds.config()).reason(row) == Reason.MISSING_LABEL
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-integer/empty fitzpatrick_centaur becomes NA and no "
-                   "expectation checks centaur for null, so the row is accepted")
 def test_f17k_bad_centaur_is_bad_fitzpatrick(tmp_path):
     ds = F17kDataset(tmp_path)
     ds.add_good(1)
@@ -467,8 +450,6 @@ def test_f17k_bad_centaur_is_bad_fitzpatrick(tmp_path):
         value: Reason.BAD_FITZPATRICK for value in rows}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: adapters._fitz casts inf / huge numbers to Int64 and the "
-                   "whole ingest crashes (OverflowError / TypeError) instead of bad_fitzpatrick")
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("value", ["inf", "-inf", "1e30"])
 def test_f17k_non_finite_fitzpatrick_is_quarantined(tmp_path, value):
@@ -489,8 +470,6 @@ def test_empty_csv_raises(tmp_path):
             ingest(ds.config(path))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ingest() builds the probe frame from an empty list with no "
-                   "columns, then probed['content_md5'] raises KeyError (ingest.py, after probe_images)")
 def test_header_only_csv_yields_zero_rows_and_fails_validation(tmp_path):
     ds = F17kDataset(tmp_path)
     rows, taxonomy, ingest_report = ingest(ds.config())
@@ -502,8 +481,6 @@ def test_header_only_csv_yields_zero_rows_and_fails_validation(tmp_path):
     assert row_count is False
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when no row is readable (all bad ids / unsafe paths) the same "
-                   "empty probe frame makes ingest() raise KeyError: 'content_md5'")
 def test_table_with_no_readable_row_is_quarantined(tmp_path):
     ds = F17kDataset(tmp_path)
     rows = [ds.add(md5hash="not-an-md5"), ds.add(md5hash="../../etc/passwd")]
@@ -611,10 +588,6 @@ GENERIC_UNSAFE = {
     "home": "~/x.jpg",
     "absolute_to_valid_image": "<absolute path of outside.jpg>",
 }
-GENERIC_CRASH = ("BUG: adapters.generic crashes (TypeError: expected str ... not float) as soon as one path "
-                 "is unsafe: with pandas 3 string dtype, safe_relpath's None becomes NaN, which is truthy in "
-                 "`PurePosixPath(p).stem if p else None`")
-
 
 def _spy_probe(opened: list[str]):
     original = ingest_module.probe_images
@@ -737,7 +710,6 @@ def test_generic_unsafe_path_helper():
     assert safe_relpath("derm/./a.jpg") == "derm/a.jpg" and safe_relpath("derm\\a.jpg") == "derm/a.jpg"
 
 
-@pytest.mark.xfail(strict=True, reason=GENERIC_CRASH)
 @pytest.mark.parametrize("case", list(GENERIC_UNSAFE))
 def test_generic_unsafe_path_is_quarantined(generic_traversal, case):
     result = generic_traversal["result"]()
@@ -748,7 +720,6 @@ def test_generic_unsafe_path_is_quarantined(generic_traversal, case):
     assert all(result.accepted(r) for r in generic_traversal["good"])
 
 
-@pytest.mark.xfail(strict=True, reason=GENERIC_CRASH)
 def test_generic_traversal_targets_never_opened(generic_traversal):
     for planted in generic_traversal["planted"]:
         assert Image.open(planted).size == (64, 64)  # the bait really is a valid image
@@ -759,8 +730,6 @@ def test_generic_traversal_targets_never_opened(generic_traversal):
         assert Path(path).resolve().is_relative_to(images), f"probed a file outside the image root: {path}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: oddities.url_folder does `not url` on pd.NA (the url of every "
-                   "generic/HAM/ISIC row) -> TypeError: boolean value of NA is ambiguous")
 def test_validate_accepts_sources_without_url(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "a.jpg").write_bytes(jpeg_bytes(1))
@@ -772,9 +741,6 @@ def test_validate_accepts_sources_without_url(tmp_path):
     assert report["accepted"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: generic adapter uses the bare file stem as image_id, so "
-                   "ImageFolder files with the same name in different class folders (psoriasis/0001.jpg, "
-                   "melanoma/0001.jpg) are quarantined as duplicate_row although they differ")
 def test_generic_imagefolder_same_file_name_in_two_classes(tmp_path):
     images = tmp_path / "images"
     for i, label in enumerate(["psoriasis", "melanoma"]):
