@@ -1,14 +1,15 @@
 """FDLinear (Frequency Dynamic Linear) and its conversion of a Qwen2.5-VL vision tower (DVE).
 
 A linear weight W0 (O x I) is stored as its 2-D spectrum Theta = rfft2(W0) / m, m = min(O, I) // 2. The rfft2 positions
-are split by radius into K disjoint bands; the dense basis W_k = irfft2(m * band_k(Theta)) of each band is computed once
-per forward, and the bases are mutually orthogonal and sum to W0. A small head reads one descriptor per image (mean of its
-tokens) and predicts band weights beta (K), input scales c (I) and output scales f (O), all 1 at init, so that
+are split by radius into K disjoint bands; the dense basis W_k = irfft2(m * band_k(Theta)) of each band is computed
+once per forward, and the bases are mutually orthogonal and sum to W0. A small head reads one descriptor per image (mean
+of its tokens) and predicts band weights beta (K), input scales c (I) and output scales f (O), all 1 at init, so that
     y_n = f_n * ((x_n * c_n) @ (sum_k beta_nk W_k)^T) + b       for the tokens x_n of image n.
 At init the layer therefore reproduces the original nn.Linear.
 
 Qwen2.5-VL packs all images of a batch into one (tokens, hidden) sequence. `convert_vision_tower` installs hooks that
-hand each FDLinear the per-image token counts (t*h*w from `grid_thw`) for the duration of its block (see `_install_hooks`).
+hand each FDLinear the per-image token counts (t*h*w from `grid_thw`) for the duration of its block
+(see `_install_hooks`).
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ class FDLinear(nn.Module):
     `segment_lengths` (set by the tower hooks); without boundaries a 2-D input is one image unless `require_segments`.
     """
 
-    def __init__(self, in_features: int, out_features: int, num_bands: int = 4, bias: bool = True, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, num_bands: int = 4, bias: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features, self.num_bands = in_features, out_features, num_bands
         self.scale = max(min(out_features, in_features) // 2, 1)  # m
@@ -193,13 +195,15 @@ class FDLinear(nn.Module):
         return torch.fft.irfft2(torch.where(masks, spec, 0), s=(self.out_features, self.in_features))
 
     def band_sizes(self) -> list[int]:
-        return _band_masks(self.out_features, self.in_features, self.num_bands, torch.device("cpu")).sum((1, 2)).tolist()
+        masks = _band_masks(self.out_features, self.in_features, self.num_bands, torch.device("cpu"))
+        return masks.sum((1, 2)).tolist()
 
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:
         """Plain nn.Linear with the static weight sum_k W_k (the head's per-image modulation is dropped)."""
         w = self.band_bases().sum(0)
-        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None, self.spectrum.device, self.spectrum.dtype)
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                        device=self.spectrum.device, dtype=self.spectrum.dtype)
         lin.weight.copy_(w)
         if self.bias is not None:
             lin.bias.copy_(self.bias)
@@ -423,7 +427,8 @@ def _dve_class(cls: type) -> type:
             convert_vision_tower(self, dve)
 
     # same name, so a re-saved config.json keeps the base architecture name
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    attrs = {"__init__": __init__, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), attrs)
 
 
 def load_dve_model(model_dir: str | Path, cls: type | None = None, **from_pretrained_kwargs: Any) -> nn.Module:

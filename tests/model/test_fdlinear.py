@@ -137,7 +137,8 @@ def test_custom_backward_matches_gradcheck():
     torch.manual_seed(0)
     d = dict(dtype=torch.double, requires_grad=True)
     x = torch.randn(9, 6, **d)
-    c, f = (torch.rand(3, 6, **d) + 0.5).detach().requires_grad_(), (torch.rand(3, 5, **d) + 0.5).detach().requires_grad_()
+    c = (torch.rand(3, 6, **d) + 0.5).detach().requires_grad_()
+    f = (torch.rand(3, 5, **d) + 0.5).detach().requires_grad_()
     beta, bases = torch.rand(3, 3, **d), torch.randn(3, 5, 6, **d)
     assert torch.autograd.gradcheck(lambda *a: _DynamicProject.apply(*a, (2, 4, 3)), (x, c, f, beta, bases))
 
@@ -302,7 +303,8 @@ def test_full_model_forward_and_generate():
 def test_save_load_round_trip(tmp_path):
     model = _tiny_model()
     # converted through the tower alone: the config lands in config.vision_config.dve
-    convert_vision_tower(find_vision_tower(model), {"blocks": [0, 3], "projections": ["qkv", "down_proj"], "num_bands": 3})
+    dve = {"blocks": [0, 3], "projections": ["qkv", "down_proj"], "num_bands": 3}
+    convert_vision_tower(find_vision_tower(model), dve)
     _randomise_heads(model)
     model.save_pretrained(tmp_path)
     loaded = load_dve_model(tmp_path).eval()

@@ -1,0 +1,26 @@
+"""Shared body of the two RL stage entry points (they differ only in names and config class)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from skinflow.io import write_csv, write_json
+from skinflow.rl.grpo import history_frame, run_grpo
+
+IN_MANIFEST = "data/manifest.parquet"
+IN_CAPTIONS = "data/captions/captions.parquet"
+IN_TAXONOMY = "data/interim/taxonomy.csv"
+
+
+def run_stage(stage: str, cfg, in_dir: str, out_dir: str) -> dict:
+    summary = run_grpo(stage, in_dir, out_dir, pd.read_parquet(IN_MANIFEST),
+                       pd.read_parquet(IN_CAPTIONS), pd.read_csv(IN_TAXONOMY), cfg)
+    history = history_frame(summary.pop("history"))
+    write_csv(f"metrics/{stage}_log.csv", history)
+    if len(history) and "reward" in history:
+        third = max(1, len(history) // 3)
+        summary["reward_first_third"] = round(float(history["reward"].head(third).mean()), 4)
+        summary["reward_last_third"] = round(float(history["reward"].tail(third).mean()), 4)
+    write_json(f"metrics/{stage}.json", summary)
+    print(f"{stage}: {summary}")
+    return summary

@@ -1,0 +1,1 @@
+"""Clinically grounded evaluation: label mapping, metrics with bootstrap CIs, ablation, report."""

@@ -1,0 +1,296 @@
+"""Clinically grounded diagnosis metrics, overall and per Fitzpatrick group, with bootstrap CIs.
+
+Every metric is a ratio of sums of per-image numerators and denominators (``METRICS``), computed
+from the table ``map_predictions`` returns. Definitions (``truth`` = the ``label`` column, the
+candidate list = ``ranked_labels`` with repeated canonical labels dropped after their first
+occurrence, OOV items keeping their slot; ``top1`` = the canonical label of the rank-1 item, None
+when the output is unparseable, the list empty or the first item out of vocabulary):
+
+* ``top{1,6}_exact``: ``truth`` is among the first 1 / 6 candidates (string equality).
+* ``top{1,6}_grounded``: some candidate among the first 1 / 6 is ``space.equivalent`` to truth.
+* ``hierarchical_{nine,three}``: ``top1`` lies in the truth's nine / three-partition group.
+* ``malignant_miss_at1``: truth malignant and ``top1`` not malignant - unparseable, empty and OOV
+  rank-1 outputs are misses. Denominator: images with a malignant truth.
+* ``malignant_miss_at6``: truth malignant and no malignant candidate among the first 6.
+* ``dangerous_error_rate``: truth malignant and ``top1`` is an in-vocabulary label that is not
+  malignant (benign or non-neoplastic in Fitzpatrick17k). A subset of miss@1: the difference is
+  exactly the malignant images whose output was unparseable, empty or OOV at rank 1, i.e. a miss
+  that would reach a clinician as "no answer" rather than as a confident benign answer.
+* ``over_call_rate``: truth in the taxonomy and not malignant, ``top1`` malignant.
+* ``format_compliance``: ``parse_ok`` over all images. ``oov_rate``: OOV items / listed items
+  (item level). ``mean_list_length``: listed items per parseable output (not a rate).
+
+Top-k denominators are all images, including unparseable ones (counted as misses) and truths
+outside the taxonomy: those can never hit (canonical labels are taxonomy labels by construction),
+are hierarchical misses, are excluded from the safety denominators (their malignancy is unknown)
+and are counted in ``truth_out_of_taxonomy``. Top-6 is defined for label spaces of any size: a
+list simply cannot name more distinct labels than exist. A rate whose denominator is empty is
+``None`` (JSON ``null``), never 0 or NaN.
+
+CIs: percentile bootstrap over images. ``scipy.stats.bootstrap`` would resample once per metric
+and chokes on replicates with an empty denominator; instead one seeded numpy stream draws image
+indices, turns them into per-image resampling counts and scores every metric at once as
+``counts @ numerators / counts @ denominators``. Replicates with an empty denominator are dropped
+from that metric's percentile (a conditional bootstrap). Rows are sorted by ``image_id`` first,
+so CIs depend on the seed and the data, not on row order. Each group is resampled separately.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skinflow.captions.parser import MAX_DIAGNOSES
+from skinflow.eval.equivalence import LabelSpace
+from skinflow.eval.predictions import FITZPATRICK_GROUPS, fitzpatrick_group
+from skinflow.io import write_csv, write_json
+
+K = MAX_DIAGNOSES  # Top-6: the parser caps lists at six diagnoses
+UNPARSED = "<oov/unparsed>"
+
+# metric -> (numerator column, denominator column) of ``image_indicators``; order = report order.
+METRICS: dict[str, tuple[str, str]] = {
+    "top1_exact": ("top1_exact", "all"),
+    "top6_exact": ("top6_exact", "all"),
+    "top1_grounded": ("top1_grounded", "all"),
+    "top6_grounded": ("top6_grounded", "all"),
+    "hierarchical_nine": ("nine_hit", "all"),
+    "hierarchical_three": ("three_hit", "all"),
+    "malignant_miss_at1": ("miss_at1", "truth_malignant"),
+    "malignant_miss_at6": ("miss_at6", "truth_malignant"),
+    "dangerous_error_rate": ("dangerous_error", "truth_malignant"),
+    "over_call_rate": ("over_call", "truth_non_malignant"),
+    "format_compliance": ("parse_ok", "all"),
+    "oov_rate": ("n_oov", "n_items"),
+    "mean_list_length": ("n_items", "parse_ok"),
+}
+RATES = tuple(m for m in METRICS if m != "mean_list_length")  # the ones bounded to [0, 1]
+
+
+def _as_list(value: Any) -> list[Any]:
+    # Lists come back from parquet as numpy arrays; a missing cell is an empty list.
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [None if (isinstance(v, float) and math.isnan(v)) else v for v in value]
+
+
+def candidates(labels: Any, k: int = K) -> list[str | None]:
+    """First ``k`` candidates: a canonical label repeated (two aliases of one diagnosis) counts
+    once and takes no extra slot; each OOV item stays as its own wrong guess."""
+    out: list[str | None] = []
+    seen: set[str] = set()
+    for label in _as_list(labels):
+        if label is None or label not in seen:
+            out.append(label)
+            if label is not None:
+                seen.add(label)
+        if len(out) == k:
+            break
+    return out
+
+
+def image_indicators(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
+    """Per-image numerator/denominator columns for ``METRICS`` (aligned with ``mapped``)."""
+    labels = set(space.labels)
+    nine = {label: space.nine(label) for label in labels}
+    three = {label: space.three(label) for label in labels}
+    malignant = {label: space.is_malignant(label) for label in labels}
+    truth = [t if isinstance(t, str) else None for t in mapped["label"]]
+    lists = [candidates(v) for v in mapped["ranked_labels"]]
+    top1 = [c[0] if c else None for c in lists]
+
+    def arr(values: Any) -> np.ndarray:
+        return np.fromiter(values, dtype=bool, count=len(truth))
+
+    in_tax = arr(t in labels for t in truth)
+    truth_mal = in_tax & arr(malignant.get(t, False) for t in truth)
+    top1_in_vocab = arr(p in labels for p in top1)
+    top1_mal = arr(malignant.get(p, False) for p in top1)
+    any_mal = arr(any(malignant.get(c, False) for c in cl) for cl in lists)
+    eq = space.equivalent
+    out = pd.DataFrame({
+        "all": np.ones(len(truth), dtype=bool),
+        "parse_ok": mapped["parse_ok"].to_numpy(dtype=bool),
+        # in_tax guards against None == None and truths outside the taxonomy ever hitting.
+        "top1_exact": in_tax & arr(p == t for p, t in zip(top1, truth)),
+        "top6_exact": in_tax & arr(t in cl for cl, t in zip(lists, truth)),
+        "top1_grounded": in_tax & arr(eq(p, t) for p, t in zip(top1, truth)),
+        "top6_grounded": in_tax & arr(any(eq(c, t) for c in cl) for cl, t in zip(lists, truth)),
+        "nine_hit": in_tax & top1_in_vocab & arr(nine.get(p) == nine.get(t) for p, t in zip(top1, truth)),
+        "three_hit": in_tax & top1_in_vocab & arr(three.get(p) == three.get(t) for p, t in zip(top1, truth)),
+        "truth_in_taxonomy": in_tax,
+        "truth_malignant": truth_mal,
+        "truth_non_malignant": in_tax & ~truth_mal,
+        "miss_at1": truth_mal & ~top1_mal,
+        "miss_at6": truth_mal & ~any_mal,
+        "dangerous_error": truth_mal & top1_in_vocab & ~top1_mal,
+        "over_call": in_tax & ~truth_mal & top1_mal,
+        "n_items": mapped["n_items"].to_numpy(dtype=int),
+        "n_oov": mapped["n_oov"].to_numpy(dtype=int),
+    }, index=mapped.index)
+    out["top1"] = top1
+    return out
+
+
+def _bootstrap(num: np.ndarray, den: np.ndarray, n_boot: int, rng: np.random.Generator,
+               ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CI per column of ``num/den`` (rows = images); NaN where no replicate is defined."""
+    n, m = num.shape
+    reps = np.empty((n_boot, m))
+    chunk = max(1, 4_000_000 // n)  # bounds the (replicates x images) count matrix to ~32 MB
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(float)
+        rnum, rden = counts @ num, counts @ den  # integer-valued floats: exact, deterministic
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps[start:start + b] = np.where(rden > 0, rnum / np.where(rden > 0, rden, 1), np.nan)
+    alpha = (1 - ci) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN, handled by caller
+        low, high = np.nanpercentile(reps, [alpha, 100 - alpha], axis=0)
+    return low, high
+
+
+def _opt(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _summarise(ind: pd.DataFrame, n_boot: int, rng: np.random.Generator, ci: float) -> dict:
+    num = ind[[n for n, _ in METRICS.values()]].to_numpy(dtype=float)
+    den = ind[[d for _, d in METRICS.values()]].to_numpy(dtype=float)
+    tot_num, tot_den = num.sum(axis=0), den.sum(axis=0)
+    low = high = np.full(len(METRICS), np.nan)
+    if n_boot > 0 and len(ind) > 0:
+        low, high = _bootstrap(num, den, n_boot, rng, ci)
+    out = {}
+    for j, name in enumerate(METRICS):
+        defined = tot_den[j] > 0
+        out[name] = {"value": float(tot_num[j] / tot_den[j]) if defined else None,
+                     "ci_low": _opt(low[j]) if defined else None,
+                     "ci_high": _opt(high[j]) if defined else None,
+                     "n": int(tot_den[j])}
+    return out
+
+
+def _sorted(mapped: pd.DataFrame) -> pd.DataFrame:
+    return mapped.sort_values("image_id", key=lambda s: s.astype(str), kind="mergesort").reset_index(drop=True)
+
+
+def _groups(mapped: pd.DataFrame) -> pd.Series:
+    if "fitzpatrick_group" in mapped.columns:
+        return mapped["fitzpatrick_group"]
+    return mapped["fitzpatrick_scale"].map(fitzpatrick_group)
+
+
+def compute_metrics(mapped: pd.DataFrame, space: LabelSpace, n_boot: int = 1000, seed: int = 0,
+                    ci: float = 0.95) -> dict[str, Any]:
+    """All ``METRICS`` overall and per Fitzpatrick group (JSON-ready; see the module docstring).
+
+    ``{"overall": {metric: {"value", "ci_low", "ci_high", "n"}}, "by_fitzpatrick": {group: ...},
+    "n_images", "n_images_by_fitzpatrick", "truth_out_of_taxonomy", "parse_errors",
+    "label_space_version", "k", "bootstrap"}``. ``n`` is the denominator: images, except listed
+    items for ``oov_rate`` and parseable outputs for ``mean_list_length``. ``n_boot=0`` skips CIs.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    mapped = _sorted(mapped)
+    ind = image_indicators(mapped, space)
+    groups = _groups(mapped).to_numpy()
+    # One independent stream per block, so adding a group never shifts another's CI.
+    overall = _summarise(ind, n_boot, np.random.default_rng([seed, 0]), ci)
+    by_group = {g: _summarise(ind[groups == g], n_boot, np.random.default_rng([seed, i + 1]), ci)
+                for i, g in enumerate(FITZPATRICK_GROUPS)}
+    errors = mapped.loc[~ind["parse_ok"], "parse_error"].fillna("UNKNOWN").value_counts()
+    return {
+        "overall": overall,
+        "by_fitzpatrick": by_group,
+        "n_images": int(len(mapped)),
+        "n_images_by_fitzpatrick": {g: int((groups == g).sum()) for g in FITZPATRICK_GROUPS},
+        "truth_out_of_taxonomy": int((~ind["truth_in_taxonomy"]).sum()),
+        "parse_errors": {str(k): int(v) for k, v in sorted(errors.items())},
+        "label_space_version": space.version,
+        "k": K,
+        "bootstrap": {"method": "percentile, images resampled with replacement", "n_boot": int(n_boot),
+                      "seed": int(seed), "ci": float(ci)},
+    }
+
+
+# ---- plots and reports --------------------------------------------------------------------------
+
+
+def confusion_matrix(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
+    """Long format for a DVC confusion plot: one row per image, ``image_id, actual, predicted``.
+
+    ``predicted`` is the rank-1 canonical label, or ``<oov/unparsed>`` when the output was
+    unparseable, empty or OOV at rank 1. ``confusion_counts`` pivots it to truth x prediction.
+    """
+    mapped = _sorted(mapped)
+    top1 = image_indicators(mapped, space)["top1"]
+    return pd.DataFrame({
+        "image_id": mapped["image_id"].to_numpy(),
+        "actual": [t if isinstance(t, str) else UNPARSED for t in mapped["label"]],
+        "predicted": [UNPARSED if p is None else p for p in top1],
+        "fitzpatrick_group": _groups(mapped).to_numpy(),
+    })
+
+
+def confusion_counts(confusion: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
+    """Wide truth x rank-1 count table over every label of the space plus ``<oov/unparsed>``."""
+    columns = [*space.labels, UNPARSED]
+    rows = list(dict.fromkeys([*space.labels, *sorted(set(confusion["actual"]) - set(space.labels))]))
+    table = pd.crosstab(confusion["actual"], confusion["predicted"])
+    return table.reindex(index=rows, columns=columns, fill_value=0).rename_axis(
+        index="actual", columns="predicted")
+
+
+def write_confusion(confusion: pd.DataFrame, path: str | Path) -> None:
+    """Atomically write the long table: ``.json`` -> a list of records (DVC plots), else CSV."""
+    if Path(path).suffix.lower() == ".json":
+        write_json(path, confusion.to_dict(orient="records"))
+    else:
+        write_csv(path, confusion)
+
+
+def _blocks(metrics: dict[str, Any]) -> dict[str, dict]:
+    return {"overall": metrics["overall"], **metrics["by_fitzpatrick"]}
+
+
+def per_group_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Long ``group, metric, value, ci_low, ci_high, n`` rows (``overall`` first) for DVC bar plots."""
+    rows = [{"group": group, "metric": name, **cell}
+            for group, block in _blocks(metrics).items() for name, cell in block.items()]
+    return pd.DataFrame(rows, columns=["group", "metric", "value", "ci_low", "ci_high", "n"])
+
+
+def _cell(cell: dict[str, Any]) -> str:
+    if cell["value"] is None:
+        return "—"
+    if cell["ci_low"] is None:
+        return f"{cell['value']:.3f}"
+    return f"{cell['value']:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """Markdown table: one row per metric, ``value [CI]`` overall and per Fitzpatrick group."""
+    blocks = _blocks(metrics)
+    counts = {"overall": metrics["n_images"], **metrics.get("n_images_by_fitzpatrick", {})}
+    header = ["metric", *(f"{g} (n={counts[g]})" if g in counts else g for g in blocks)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    names = list(dict.fromkeys(name for block in blocks.values() for name in block))
+    for name in names:
+        cells = [_cell(block[name]) if name in block else "—" for block in blocks.values()]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    ci = metrics.get("bootstrap", {})
+    if ci.get("n_boot"):
+        lines.append(f"\nValues with {ci['ci']:.0%} percentile bootstrap CIs ({ci['n_boot']} resamples "
+                     f"of images, seed {ci['seed']}); — = empty denominator. "
+                     f"Label space {metrics['label_space_version']}.")
+    return "\n".join(lines) + "\n"

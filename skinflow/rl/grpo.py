@@ -1,0 +1,196 @@
+"""Stage I / Stage II GRPO with TRL on the base (or warmed-up) model.
+
+Both stages share one runner; they differ in the task (schema caption vs ranked diagnosis list),
+the reward components and their starting model. Rollouts use Hugging Face ``generate`` on the
+training model itself, so a DVE (FDLinear) vision tower is exactly the one being trained.
+A stage checkpoints into a work directory outside its DVC outputs and resumes from it after a
+crash; the final model is renamed into place only when training finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+from pydantic import Field
+from transformers import TrainerCallback
+
+from skinflow.config import Section
+from skinflow.io import atomic_dir
+from skinflow.model.examples import build_examples
+from skinflow.model.fdlinear import DVEConfig
+from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, model_prompt_style
+from skinflow.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
+
+# bf16 dense peak of one H100 SXM, for MFU on GPU runs.
+PEAK_FLOPS = {"cuda": 989e12}
+
+
+class LoraSettings(Section):
+    enabled: bool = False
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class RLStageConfig(Section):
+    enabled: bool = True
+    max_steps: int = Field(40, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    prompts_per_step: int = Field(4, ge=1)
+    num_generations: int = Field(4, ge=2)     # GRPO group size
+    beta: float = Field(0.02, ge=0)           # KL coefficient against the reference model
+    temperature: float = Field(1.0, gt=0)
+    max_completion_length: int = Field(160, ge=8)
+    train_limit: int | None = 256             # training images (None = whole train split)
+    train_vision: bool = True                 # False freezes the vision tower (DVE heads stay trainable)
+    dve: DVEConfig = DVEConfig(enabled=False)
+    lora: LoraSettings = LoraSettings()
+    save_steps: int = Field(10, ge=1)         # checkpoint cadence for resume
+    logging_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    work_dir: str = ".cache/rl"
+
+
+class Stage1Config(RLStageConfig):
+    reward: Stage1RewardConfig = Stage1RewardConfig()
+
+
+class Stage2Config(RLStageConfig):
+    max_completion_length: int = Field(64, ge=8)
+    reward: Stage2RewardConfig = Stage2RewardConfig()
+
+
+class ThroughputCallback(TrainerCallback):
+    """Adds tokens/s (and MFU on GPU) to every log line from TRL's own token counter."""
+
+    def __init__(self, n_params: int):
+        self.n_params = n_params
+        self._last = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "num_tokens" not in logs:
+            return
+        now, tokens = time.perf_counter(), float(logs["num_tokens"])
+        if self._last is not None and now > self._last[0]:
+            rate = (tokens - self._last[1]) / (now - self._last[0])
+            logs["tokens_per_second"] = round(rate, 2)
+            if torch.cuda.is_available():
+                logs["mfu"] = round(6 * self.n_params * rate / PEAK_FLOPS["cuda"], 5)
+        self._last = (now, tokens)
+
+
+def _dataset(examples: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": ex["prompt"], "images": ex["images"], "label": ex["label"],
+                               "reference_caption": ex["reference_caption"]} for ex in examples])
+
+
+def _prepare_model(model, cfg: RLStageConfig) -> tuple[object, dict]:
+    """Apply DVE conversion, vision freezing and LoRA as configured; returns (model, info)."""
+    from skinflow.model.fdlinear import convert_vision_tower, stored_dve_config
+
+    info: dict = {}
+    if cfg.dve.enabled and stored_dve_config(model.config) is None:
+        report = convert_vision_tower(model, cfg.dve)
+        info["dve_conversion"] = {k: v for k, v in report.to_dict().items() if k != "layers"}
+    if not cfg.train_vision:
+        for name, param in model.model.visual.named_parameters():
+            # The DVE heads are the new capacity; they stay trainable even with a frozen tower.
+            param.requires_grad = ".head." in name or name.endswith("head")
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 lora_dropout=cfg.lora.dropout,
+                                                 target_modules=cfg.lora.target_modules))
+    info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info["parameters"] = sum(p.numel() for p in model.parameters())
+    return model, info
+
+
+def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, manifest: pd.DataFrame,
+             captions: pd.DataFrame, taxonomy: pd.DataFrame, cfg: RLStageConfig) -> dict:
+    """Train one RL stage (or pass ``in_dir`` through when disabled); returns summary + history."""
+    if not cfg.enabled:
+        with atomic_dir(out_dir) as tmp:
+            shutil.copytree(in_dir, tmp, dirs_exist_ok=True)
+        return {"enabled": False, "history": []}
+
+    from trl import GRPOConfig, GRPOTrainer
+
+    from skinflow.eval.equivalence import LabelSpace
+    from skinflow.model.base import load_model
+    from skinflow.rl.rewards import make_stage1_reward_funcs, make_stage2_reward_funcs
+
+    task = CAPTION_TASK if stage == "stage1" else DIAGNOSIS_TASK
+    train = manifest[manifest["split"] == "train"].sort_values("image_id")
+    if cfg.train_limit:
+        train = train.head(cfg.train_limit)
+    examples = build_examples(train, captions, taxonomy, [task], model_prompt_style(in_dir))
+    labels = sorted(taxonomy["label"])
+    if stage == "stage1":
+        reward_funcs = make_stage1_reward_funcs(cfg.reward, labels)
+    else:
+        reward_funcs = make_stage2_reward_funcs(cfg.reward, LabelSpace(taxonomy))
+
+    torch.manual_seed(cfg.seed)
+    model, processor = load_model(in_dir)
+    model, info = _prepare_model(model, cfg)
+    work = Path(cfg.work_dir) / stage
+    batch = cfg.prompts_per_step * cfg.num_generations
+    args = GRPOConfig(
+        output_dir=str(work), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=batch, num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length, beta=cfg.beta, temperature=cfg.temperature,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_only_model=False, report_to="none", seed=cfg.seed, data_seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
+        gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0,
+        disable_tqdm=True, lr_scheduler_type="constant", remove_unused_columns=False,
+    )
+    optimizers = (None, None)
+    if cfg.dve.enabled and cfg.dve.head_lr_scale != 1.0:
+        from skinflow.model.fdlinear import dve_param_groups
+
+        optimizers = (torch.optim.AdamW(dve_param_groups(model, cfg.learning_rate, cfg.dve.head_lr_scale)), None)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, optimizers=optimizers,
+                          train_dataset=_dataset(examples), processing_class=processor)
+    trainer.add_callback(ThroughputCallback(info["parameters"]))
+    resume = any(work.glob("checkpoint-*"))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - started
+
+    final = trainer.model.merge_and_unload() if cfg.lora.enabled else trainer.model
+    with atomic_dir(out_dir) as tmp:
+        final.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        for extra in ("chat_template.jinja", "skinflow_model.json"):
+            if Path(in_dir, extra).exists():
+                shutil.copy(Path(in_dir, extra), tmp / extra)
+    shutil.rmtree(work, ignore_errors=True)
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    return {"enabled": True, "task": task, "history": history, "resumed": resume,
+            "train_seconds": round(seconds, 2), "steps": cfg.max_steps,
+            "seconds_per_step": round(seconds / cfg.max_steps, 4),
+            "train_images": len(examples), **info}
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """Per-step log as a flat table (reward components, KL, entropy, tokens/s) for DVC plots."""
+    frame = pd.DataFrame(history)
+    keep = [c for c in frame.columns if c == "step" or c.startswith(("reward", "rewards/", "kl", "entropy",
+                                                                    "tokens_per_second", "mfu", "loss",
+                                                                    "completions/mean_length"))]
+    frame = frame[keep] if keep else frame
+    frame.columns = [c.replace("/", "_") for c in frame.columns]
+    return frame.apply(pd.to_numeric, errors="coerce").round(6)
+
