@@ -92,6 +92,8 @@ SECTION_MODELS: dict[str, str] = {
     "caption": "skinflow.captions.stage:CaptionStageConfig",
     "base_model": "skinflow.model.base:BaseModelConfig",
     "warmup": "skinflow.model.warmup:WarmupConfig",
+    "stage1_rl": "skinflow.rl.grpo:Stage1Config",
+    "stage2_rl": "skinflow.rl.grpo:Stage2Config",
 }
 
 

@@ -122,7 +122,7 @@ def image_indicators(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
         "top1_grounded": in_tax & arr(eq(p, t) for p, t in zip(top1, truth)),
         "top6_grounded": in_tax & arr(any(eq(c, t) for c in cl) for cl, t in zip(lists, truth)),
         "nine_hit": in_tax & top1_in_vocab & arr(nine.get(p) == nine.get(t) for p, t in zip(top1, truth)),
-        "three_hit": in_tax & top1_in_vocab & arr(three.get(p) == three.get(t) for p, t in zip(top1, truth)),
+        "three_hit": arr(three.get(p) == three.get(t) for p, t in zip(top1, truth)),
         "truth_in_taxonomy": in_tax,
         "truth_malignant": truth_mal,
         "truth_non_malignant": in_tax & ~truth_mal,
@@ -133,7 +133,7 @@ def image_indicators(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
         "n_items": mapped["n_items"].to_numpy(dtype=int),
         "n_oov": mapped["n_oov"].to_numpy(dtype=int),
     }, index=mapped.index)
-    out["top1"] = top1
+    out["top1"] = pd.Series(top1, index=mapped.index, dtype=object)  # keep None, not NaN
     return out
 
 
@@ -208,7 +208,8 @@ def compute_metrics(mapped: pd.DataFrame, space: LabelSpace, n_boot: int = 1000,
     overall = _summarise(ind, n_boot, np.random.default_rng([seed, 0]), ci)
     by_group = {g: _summarise(ind[groups == g], n_boot, np.random.default_rng([seed, i + 1]), ci)
                 for i, g in enumerate(FITZPATRICK_GROUPS)}
-    errors = mapped.loc[~ind["parse_ok"], "parse_error"].fillna("UNKNOWN").value_counts()
+    codes = mapped["parse_error"] if "parse_error" in mapped.columns else pd.Series(None, index=mapped.index)
+    errors = codes[~ind["parse_ok"]].fillna("UNKNOWN").value_counts()
     return {
         "overall": overall,
         "by_fitzpatrick": by_group,
@@ -237,7 +238,7 @@ def confusion_matrix(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
     return pd.DataFrame({
         "image_id": mapped["image_id"].to_numpy(),
         "actual": [t if isinstance(t, str) else UNPARSED for t in mapped["label"]],
-        "predicted": [UNPARSED if p is None else p for p in top1],
+        "predicted": [p if isinstance(p, str) else UNPARSED for p in top1],
         "fitzpatrick_group": _groups(mapped).to_numpy(),
     })
 

@@ -80,7 +80,8 @@ def map_predictions(raw: pd.DataFrame, space: LabelSpace) -> tuple[pd.DataFrame,
     log: list[tuple[Any, ...]] = []
     for image_id, truth, output in zip(raw["image_id"], raw["label"], raw["raw_output"]):
         truth = _truth(truth)
-        parsed = parse_diagnoses(output)
+        # A NaN cell (a missing generation in a DataFrame) is an empty output, not a wrong type.
+        parsed = parse_diagnoses(None if isinstance(output, float) and math.isnan(output) else output)
         items = list(parsed.diagnoses) if parsed.ok else []
         matches = [space.map(item) for item in items]
         labels = [m.label for m in matches]
@@ -102,6 +103,9 @@ def map_predictions(raw: pd.DataFrame, space: LabelSpace) -> tuple[pd.DataFrame,
     table["n_items"] = table["n_items"].astype(int)
     table["n_oov"] = table["n_oov"].astype(int)
     table["fitzpatrick_group"] = [fitzpatrick_group(s) for s in raw["fitzpatrick_scale"]]
-    match_log = pd.DataFrame(log, columns=list(LOG_COLUMNS))
-    match_log = match_log.astype({"rank": int, "hit_exact": bool, "hit_equivalent": bool})
+    # Built column-wise with explicit dtypes: record construction would turn None labels into NaN.
+    dtypes = {"image_id": None, "rank": int, "hit_exact": bool, "hit_equivalent": bool}
+    columns = zip(*log) if log else [()] * len(LOG_COLUMNS)
+    match_log = pd.DataFrame({name: pd.Series(list(values), dtype=dtypes.get(name, object))
+                              for name, values in zip(LOG_COLUMNS, columns)})
     return table, match_log

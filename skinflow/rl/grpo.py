@@ -46,7 +46,7 @@ class RLStageConfig(Section):
     num_generations: int = Field(4, ge=2)     # GRPO group size
     beta: float = Field(0.02, ge=0)           # KL coefficient against the reference model
     temperature: float = Field(1.0, gt=0)
-    max_completion_length: int = Field(160, ge=8)
+    max_completion_length: int = Field(192, ge=8)  # a compact schema caption is ~135 tokens
     train_limit: int | None = 256             # training images (None = whole train split)
     train_vision: bool = True                 # False freezes the vision tower (DVE heads stay trainable)
     dve: DVEConfig = DVEConfig(enabled=False)

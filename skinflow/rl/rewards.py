@@ -192,11 +192,14 @@ def stage1_components(completion: Any, reference_caption_json: Any, labels: Iter
 
 
 def stage1_contributions(comps: Mapping[str, float], cfg: Stage1RewardConfig) -> dict[str, float]:
-    """Signed, scaled share of each component in ``total`` (NaN stays NaN); these are what TRL sees."""
+    """Signed, scaled share of each component in ``total`` (NaN stays NaN); these are what TRL sees.
+
+    Penalties are written ``0.0 - x`` so an absent penalty is logged as 0.0, not -0.0.
+    """
     return {"format": cfg.scale * cfg.format_weight * comps["format"],
             "fields": cfg.scale * cfg.fields_weight * comps["fields"],
-            "diagnosis": -cfg.scale * comps["diagnosis_penalty"],
-            "length": -cfg.scale * comps["length_penalty"]}
+            "diagnosis": 0.0 - cfg.scale * comps["diagnosis_penalty"],
+            "length": 0.0 - cfg.scale * comps["length_penalty"]}
 
 
 # ---- Stage II -----------------------------------------------------------------------------------
@@ -252,8 +255,8 @@ def stage2_components(completion: Any, true_label: Any, space: LabelSpace,
 def stage2_contributions(comps: Mapping[str, float], cfg: Stage2RewardConfig) -> dict[str, float]:
     return {"format": cfg.scale * cfg.format_weight * comps["format"],
             "relevance": cfg.scale * cfg.relevance_weight * comps["relevance"],
-            "safety": -cfg.scale * comps["safety_penalty"],
-            "oov": -cfg.scale * cfg.oov_penalty * comps["oov_rate"]}
+            "safety": 0.0 - cfg.scale * comps["safety_penalty"],
+            "oov": 0.0 - cfg.scale * cfg.oov_penalty * comps["oov_rate"]}
 
 
 # ---- TRL adapters ---------------------------------------------------------------------------------
