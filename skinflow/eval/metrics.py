@@ -122,7 +122,7 @@ def image_indicators(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
         "top1_grounded": in_tax & arr(eq(p, t) for p, t in zip(top1, truth)),
         "top6_grounded": in_tax & arr(any(eq(c, t) for c in cl) for cl, t in zip(lists, truth)),
         "nine_hit": in_tax & top1_in_vocab & arr(nine.get(p) == nine.get(t) for p, t in zip(top1, truth)),
-        "three_hit": arr(three.get(p) == three.get(t) for p, t in zip(top1, truth)),
+        "three_hit": in_tax & top1_in_vocab & arr(three.get(p) == three.get(t) for p, t in zip(top1, truth)),
         "truth_in_taxonomy": in_tax,
         "truth_malignant": truth_mal,
         "truth_non_malignant": in_tax & ~truth_mal,

@@ -164,9 +164,9 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, optimizers=optimizers,
                           train_dataset=_dataset(examples), processing_class=processor)
     trainer.add_callback(ThroughputCallback(info["parameters"]))
-    resume = any(work.glob("checkpoint-*"))
+    resume = latest_complete_checkpoint(work)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
 
     final = trainer.model.merge_and_unload() if cfg.lora.enabled else trainer.model
@@ -178,10 +178,20 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
                 shutil.copy(Path(in_dir, extra), tmp / extra)
     shutil.rmtree(work, ignore_errors=True)
     history = [h for h in trainer.state.log_history if "reward" in h]
-    return {"enabled": True, "task": task, "history": history, "resumed": resume,
+    return {"enabled": True, "task": task, "history": history, "resumed_from": resume.name if resume else None,
             "train_seconds": round(seconds, 2), "steps": cfg.max_steps,
             "seconds_per_step": round(seconds / cfg.max_steps, 4),
             "train_images": len(examples), **info}
+
+
+def latest_complete_checkpoint(work: Path) -> Path | None:
+    """Newest checkpoint whose trainer state was written; a checkpoint torn by a kill is removed."""
+    found = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for path in reversed(found):
+        if (path / "trainer_state.json").exists() and (path / "model.safetensors").exists():
+            return path
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:
