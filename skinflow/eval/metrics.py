@@ -18,7 +18,8 @@ when the output is unparseable, the list empty or the first item out of vocabula
   that would reach a clinician as "no answer" rather than as a confident benign answer.
 * ``over_call_rate``: truth in the taxonomy and not malignant, ``top1`` malignant.
 * ``format_compliance``: ``parse_ok`` over all images. ``oov_rate``: OOV items / listed items
-  (item level). ``mean_list_length``: listed items per parseable output (not a rate).
+  (item level). ``mean_list_length``: listed items per parseable output, counted as written
+  (two aliases of one label count twice here; not a rate).
 
 Top-k denominators are all images, including unparseable ones (counted as misses) and truths
 outside the taxonomy: those can never hit (canonical labels are taxonomy labels by construction),
@@ -94,12 +95,18 @@ def candidates(labels: Any, k: int = K) -> list[str | None]:
     return out
 
 
+def _first(value: Any) -> Any:
+    # A taxonomy listing one label twice (HAM10000's akiec/ak codes) makes LabelSpace lookups
+    # return a Series; the rows agree, so take the first rather than crash on an ambiguous bool.
+    return value.iloc[0] if isinstance(value, pd.Series) else value
+
+
 def image_indicators(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
     """Per-image numerator/denominator columns for ``METRICS`` (aligned with ``mapped``)."""
     labels = set(space.labels)
-    nine = {label: space.nine(label) for label in labels}
-    three = {label: space.three(label) for label in labels}
-    malignant = {label: space.is_malignant(label) for label in labels}
+    nine = {label: _first(space.nine(label)) for label in labels}
+    three = {label: _first(space.three(label)) for label in labels}
+    malignant = {label: bool(_first(space.is_malignant(label))) for label in labels}
     truth = [t if isinstance(t, str) else None for t in mapped["label"]]
     lists = [candidates(v) for v in mapped["ranked_labels"]]
     top1 = [c[0] if c else None for c in lists]
@@ -179,7 +186,8 @@ def _summarise(ind: pd.DataFrame, n_boot: int, rng: np.random.Generator, ci: flo
 
 
 def _sorted(mapped: pd.DataFrame) -> pd.DataFrame:
-    return mapped.sort_values("image_id", key=lambda s: s.astype(str), kind="mergesort").reset_index(drop=True)
+    ordered = mapped.sort_values("image_id", key=lambda s: s.astype(str), kind="mergesort")
+    return ordered.reset_index(drop=True)
 
 
 def _groups(mapped: pd.DataFrame) -> pd.Series:

@@ -119,10 +119,12 @@ def test_by_fitzpatrick_including_unknown_and_empty_denominators(mapped, space):
     assert m["n_images_by_fitzpatrick"] == {"I-II": 3, "III-IV": 3, "V-VI": 2, "unknown": 2}
     by = m["by_fitzpatrick"]
     assert set(by) == set(FITZPATRICK_GROUPS)
-    assert [by[g]["top1_grounded"]["value"] for g in FITZPATRICK_GROUPS] == pytest.approx([2 / 3, 0, 1 / 2, 0])
-    assert by["unknown"]["malignant_miss_at1"]["value"] == 1.0 and by["unknown"]["malignant_miss_at6"]["value"] == 0
+    grounded = [by[g]["top1_grounded"]["value"] for g in FITZPATRICK_GROUPS]
+    assert grounded == pytest.approx([2 / 3, 0, 1 / 2, 0])
+    assert by["unknown"]["malignant_miss_at1"]["value"] == 1.0
+    assert by["unknown"]["malignant_miss_at6"]["value"] == 0.0
     assert by["I-II"]["over_call_rate"]["value"] == 0.0  # defined (acne truth), just zero
-    # No malignant truth in V-VI; only an out-of-taxonomy non-malignant-or-not truth in III-IV.
+    # No malignant truth in V-VI; III-IV's only non-malignant candidate is out of taxonomy.
     for group, metric in [("V-VI", "malignant_miss_at1"), ("V-VI", "dangerous_error_rate"),
                           ("III-IV", "over_call_rate")]:
         assert by[group][metric] == {"value": None, "ci_low": None, "ci_high": None, "n": 0}
@@ -189,6 +191,23 @@ def test_three_class_label_space(table_path):
     assert m["top1_exact"]["value"] == 0.0
     assert m["malignant_miss_at1"]["value"] == 1.0 and m["malignant_miss_at6"]["value"] == 0.0
     assert m["over_call_rate"]["value"] == 0.5 and m["oov_rate"]["value"] == pytest.approx(1 / 9)
+
+
+def test_taxonomy_listing_a_label_twice(table_path):
+    # HAM10000-style: two codes (akiec, ak) for one label; seven classes, so Top-6 < all labels.
+    taxonomy = pd.DataFrame([
+        ("akiec", "actinic keratosis", "malignant epidermal", "malignant"),
+        ("ak", "actinic keratosis", "malignant epidermal", "malignant"),
+        ("mel", "melanoma", "malignant melanoma", "malignant"),
+        ("nv", "nevocytic nevus", "benign melanocyte", "benign"),
+        ("df", "dermatofibroma", "benign dermal", "benign"),
+    ], columns=["code", "label", "nine_partition_label", "three_partition_label"])
+    space = LabelSpace(taxonomy, table_path=table_path)
+    raw = raw_frame([("a", "actinic keratosis", 2, dx("dermatofibroma", "actinic keratosis")),
+                     ("b", "nevocytic nevus", 2, dx("actinic keratosis"))])
+    m = compute_metrics(map_predictions(raw, space)[0], space, n_boot=0)["overall"]
+    assert m["top6_exact"]["value"] == 0.5 and m["dangerous_error_rate"]["value"] == 1.0
+    assert m["over_call_rate"]["value"] == 1.0 and m["hierarchical_three"]["value"] == 0.0
 
 
 def test_confusion_long_and_wide(mapped, space, tmp_path):

@@ -1,0 +1,107 @@
+"""GRPO stages on CPU: same-seed determinism and exact resume after SIGKILL.
+
+A tiny SkinSynth dataset and a tiny random base model are built in a temp dir; the Stage II runner
+trains a few steps. Three runs are compared byte for byte on their final safetensors: two
+uninterrupted runs with one seed, and one run killed right after its first checkpoint and started
+again (it must resume from that checkpoint, not from scratch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+
+DRIVER = textwrap.dedent("""
+    import json, sys
+    import pandas as pd
+    from skinflow.rl.grpo import Stage2Config, run_grpo
+    root, out, work = sys.argv[1:4]
+    cfg = Stage2Config(max_steps=4, save_steps=2, prompts_per_step=2, num_generations=2, train_limit=8,
+                       max_completion_length=12, work_dir=work, seed=3)
+    summary = run_grpo("stage2", f"{root}/base", out, pd.read_parquet(f"{root}/manifest.parquet"),
+                       pd.read_parquet(f"{root}/captions.parquet"), pd.read_csv(f"{root}/taxonomy.csv"), cfg)
+    summary.pop("history")
+    print("SUMMARY " + json.dumps(summary))
+""")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    from skinflow.captions.stage import CaptionStageConfig, run_captions
+    from skinflow.data.ingest import IngestConfig, ingest
+    from skinflow.data.skinsynth import SynthConfig, generate
+    from skinflow.data.validation import ValidateConfig, validate
+    from skinflow.model.base import BaseModelConfig, TinyVLConfig, build_tiny
+
+    root = tmp_path_factory.mktemp("grpo")
+    generate(root / "synth", SynthConfig.tiny())
+    rows, taxonomy, _ = ingest(IngestConfig(csv=str(root / "synth/fitzpatrick17k.csv"),
+                                            image_root=str(root / "synth/images"),
+                                            taxonomy=str(root / "synth/taxonomy.csv"), workers=1))
+    manifest, _, _ = validate(rows, taxonomy, ValidateConfig(min_side=16))
+    captions, _, _ = run_captions(manifest, CaptionStageConfig(
+        attributes=str(root / "synth/attributes.parquet"), progress_dir=str(root / "progress")))
+    manifest.to_parquet(root / "manifest.parquet")
+    captions.to_parquet(root / "captions.parquet")
+    taxonomy.to_csv(root / "taxonomy.csv", index=False)
+    tiny = TinyVLConfig(text_hidden=48, text_intermediate=96, vision_hidden=32, vision_intermediate=64,
+                        vision_depth=2, vision_heads=2, text_heads=2, text_kv_heads=1)
+    build_tiny(root / "base", BaseModelConfig(tiny=tiny, min_pixels=56 * 56, max_pixels=56 * 56),
+               sorted(taxonomy["label"]))
+    return root
+
+
+def _start(workspace: Path, name: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(workspace), str(workspace / name / "out"),
+                             str(workspace / name / "work")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+
+
+def _finish(proc: subprocess.Popen) -> dict:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    line = next(l for l in output.splitlines() if l.startswith("SUMMARY "))
+    return json.loads(line.removeprefix("SUMMARY "))
+
+
+def _weights(path: Path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_and_resume_after_kill(workspace):
+    first = _finish(_start(workspace, "a"))
+    second = _finish(_start(workspace, "b"))
+    assert first["resumed_from"] is None and second["resumed_from"] is None
+    a, b = _weights(workspace / "a/out"), _weights(workspace / "b/out")
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a), "same seed must give identical weights"
+
+    killed = _start(workspace, "c")
+    checkpoint = workspace / "c/work/stage2/checkpoint-2"
+    deadline = time.time() + 600
+    while not (checkpoint / "trainer_state.json").exists():
+        assert killed.poll() is None, "run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (workspace / "c/out").exists(), "a killed run must not leave a finished-looking output"
+
+    resumed = _finish(_start(workspace, "c"))
+    assert resumed["resumed_from"] in ("checkpoint-2", "checkpoint-4")
+    c = _weights(workspace / "c/out")
+    assert all((a[k] == c[k]).all() for k in a), "resumed run must end with the uninterrupted weights"
+    assert not (workspace / "c/work/stage2").exists(), "work dir is removed after success"
