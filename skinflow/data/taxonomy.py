@@ -26,9 +26,12 @@ def load_taxonomy(path: str | os.PathLike) -> pd.DataFrame:
     frame = frame[list(TAXONOMY_COLUMNS)].apply(lambda c: c.str.strip())
     if (frame == "").any().any():
         raise TaxonomyError(f"{path}: empty cells in taxonomy")
+    # Identical repeated rows are harmless (a code table mapping two codes to one label); a label
+    # with two different partition paths is not.
+    frame = frame.drop_duplicates()
     dupes = frame["label"][frame["label"].duplicated()].tolist()
     if dupes:
-        raise TaxonomyError(f"{path}: duplicate labels {dupes}")
+        raise TaxonomyError(f"{path}: labels with conflicting partitions {dupes}")
     return frame.reset_index(drop=True)
 
 

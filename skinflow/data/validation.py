@@ -80,18 +80,16 @@ def validate(rows: pd.DataFrame, taxonomy: pd.DataFrame, cfg: ValidateConfig
 def _duplicates(frame: pd.DataFrame, reasons: dict) -> None:
     """Same bytes twice: keep the first if the labels agree, quarantine all if they conflict."""
     hashed = frame[frame["content_md5"].notna()]
-    for _, group in hashed.groupby("content_md5", sort=False):
-        if len(group) < 2:
-            continue
-        if group["label"].nunique(dropna=False) > 1:
-            for row_id in group["row_id"]:
-                reasons[row_id].append((Reason.CONFLICTING_DUPLICATE,
-                                        f"same image, labels {sorted(group['label'].dropna().unique())}"))
-        else:
-            first = group["row_id"].iat[0]
-            for row_id in group["row_id"].iloc[1:]:
-                reasons[row_id].append((Reason.DUPLICATE_ROW, f"same image as source row "
-                                        f"{frame.at[first, 'source_row']}"))
+    groups = hashed.groupby("content_md5")
+    size = groups["row_id"].transform("size")
+    n_labels = groups["label"].transform(lambda s: s.nunique(dropna=False)) if (size > 1).any() else size
+    first_row = groups["source_row"].transform("first")
+    for row in hashed[(size > 1) & (n_labels > 1)].itertuples():
+        labels = sorted(hashed.loc[hashed["content_md5"] == row.content_md5, "label"].dropna().unique())
+        reasons[row.row_id].append((Reason.CONFLICTING_DUPLICATE, f"same image, labels {labels}"))
+    repeated = (size > 1) & (n_labels == 1) & hashed["content_md5"].duplicated(keep="first")
+    for row_id, first in zip(hashed.loc[repeated, "row_id"], first_row[repeated]):
+        reasons[row_id].append((Reason.DUPLICATE_ROW, f"same image as source row {first}"))
     repeated_id = frame["image_id"].duplicated(keep="first") & frame["image_id"].notna()
     for row_id in frame.loc[repeated_id, "row_id"]:
         if not any(r[0] in (Reason.DUPLICATE_ROW, Reason.CONFLICTING_DUPLICATE) for r in reasons[row_id]):
