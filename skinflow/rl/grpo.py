@@ -16,7 +16,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from transformers import TrainerCallback
 
 from skinflow.config import Section
@@ -56,6 +56,15 @@ class RLStageConfig(Section):
     gradient_checkpointing: bool = False
     seed: int = 0
     work_dir: str = ".cache/rl"
+    # hf: rollouts by Hugging Face generate on the training model. vllm: TRL's vLLM rollouts (GPU
+    # workers with vLLM installed); vLLM runs its own vision tower without FDLinear, so only with DVE off.
+    rollout_engine: Literal["hf", "vllm"] = "hf"
+
+    @model_validator(mode="after")
+    def _rollouts_match_the_model(self) -> "RLStageConfig":
+        if self.rollout_engine == "vllm" and self.dve.enabled:
+            raise ValueError("vLLM rollouts would skip the DVE (FDLinear) vision tower; use rollout_engine: hf")
+        return self
 
 
 class Stage1Config(RLStageConfig):
@@ -155,6 +164,7 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
         gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0,
         disable_tqdm=True, lr_scheduler_type="constant", remove_unused_columns=False,
+        use_vllm=cfg.rollout_engine == "vllm",
     )
     optimizers = (None, None)
     if cfg.dve.enabled and cfg.dve.head_lr_scale != 1.0:

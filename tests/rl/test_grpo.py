@@ -105,3 +105,28 @@ def test_same_seed_same_weights_and_resume_after_kill(workspace):
     c = _weights(workspace / "c/out")
     assert all((a[k] == c[k]).all() for k in a), "resumed run must end with the uninterrupted weights"
     assert not (workspace / "c/work/stage2").exists(), "work dir is removed after success"
+
+
+@pytest.mark.gpu
+def test_one_grpo_step_on_a_7b_shaped_model_in_bf16(workspace, tmp_path):
+    """The scale-up path: real Qwen2.5-VL-7B dimensions (random weights), bf16, DVE on, one step."""
+    import pandas as pd
+    import torch
+
+    from skinflow.model.base import BaseModelConfig, TinyVLConfig, build_tiny
+    from skinflow.model.fdlinear import DVEConfig
+    from skinflow.rl.grpo import Stage2Config, run_grpo
+
+    shape = TinyVLConfig(vocab_size=1024, text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4,
+                         text_intermediate=18944, vision_hidden=1280, vision_depth=32, vision_heads=16,
+                         vision_intermediate=3420, fullatt_block_indexes=[7, 15, 23, 31], window_size=112)
+    build_tiny(tmp_path / "base7b", BaseModelConfig(tiny=shape, min_pixels=56 * 56, max_pixels=112 * 112),
+               sorted(pd.read_csv(workspace / "taxonomy.csv")["label"]))
+    cfg = Stage2Config(max_steps=1, prompts_per_step=2, num_generations=2, train_limit=4,
+                       max_completion_length=16, gradient_checkpointing=True, work_dir=str(tmp_path / "work"),
+                       dve=DVEConfig(enabled=True, projections=["gate_proj", "up_proj", "down_proj"]))
+    summary = run_grpo("stage2", str(tmp_path / "base7b"), str(tmp_path / "out"),
+                       pd.read_parquet(workspace / "manifest.parquet"), pd.read_parquet(workspace / "captions.parquet"),
+                       pd.read_csv(workspace / "taxonomy.csv"), cfg)
+    assert summary["parameters"] > 7e9 and torch.cuda.max_memory_allocated() > 0
+    assert (tmp_path / "out" / "config.json").exists()
