@@ -151,7 +151,7 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
         reward_funcs = make_stage2_reward_funcs(cfg.reward, LabelSpace(taxonomy))
 
     torch.manual_seed(cfg.seed)
-    model, processor = load_model(in_dir)
+    model, processor = load_model(in_dir, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model, info = _prepare_model(model, cfg)
     work = Path(cfg.work_dir) / stage
     batch = cfg.prompts_per_step * cfg.num_generations
