@@ -94,6 +94,7 @@ SECTION_MODELS: dict[str, str] = {
     "warmup": "skinflow.model.warmup:WarmupConfig",
     "stage1_rl": "skinflow.rl.grpo:Stage1Config",
     "stage2_rl": "skinflow.rl.grpo:Stage2Config",
+    "evaluate": "skinflow.eval.evaluate:EvalConfig",
 }
 
 

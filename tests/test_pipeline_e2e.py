@@ -26,6 +26,8 @@ TINY = {
                   "max_completion_length": 32, "save_steps": 1},
     "stage2_rl": {"max_steps": 2, "prompts_per_step": 2, "num_generations": 2, "train_limit": 8,
                   "max_completion_length": 16, "save_steps": 1},
+    "evaluate": {"limit": 8, "caption_images": 2, "n_boot": 50, "max_new_tokens": 16,
+                 "caption_max_new_tokens": 32},
 }
 
 

@@ -20,7 +20,7 @@ from pydantic import Field
 from skinflow.config import Section
 from skinflow.io import atomic_dir
 from skinflow.model.examples import TASKS, build_examples
-from skinflow.model.prompts import model_prompt_style
+from skinflow.model.prompts import model_prompt_style, write_model_meta
 
 
 class WarmupConfig(Section):
@@ -37,6 +37,7 @@ class WarmupConfig(Section):
     seed: int = 0
     threads: int = Field(0, ge=0)          # torch threads; 0 = library default
     gradient_checkpointing: bool = False   # TRL turns it on by default; it only costs time at tiny sizes
+    vision_lr_scale: float = Field(1.0, gt=0)  # lr multiplier for the vision tower + merger
 
 
 def _sft_dataset(examples: list[dict]):
@@ -46,6 +47,17 @@ def _sft_dataset(examples: list[dict]):
         "images": ex["images"], "prompt": ex["prompt"],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": ex["target"]}]}],
     } for ex in examples])
+
+
+def _optimizer(model, cfg: WarmupConfig) -> torch.optim.Optimizer:
+    """AdamW with the vision tower in its own group: a from-scratch ViT learns from the few
+    image-dependent answer tokens only, so it may need a larger step than the text model."""
+    vision = [p for n, p in model.named_parameters() if p.requires_grad and ".visual." in f".{n}"]
+    ids = {id(p) for p in vision}
+    text = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return torch.optim.AdamW([{"params": text, "lr": cfg.learning_rate},
+                              {"params": vision, "lr": cfg.learning_rate * cfg.vision_lr_scale}],
+                             lr=cfg.learning_rate, weight_decay=0.0)
 
 
 def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame,
@@ -65,7 +77,8 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
     train = manifest[manifest["split"] == "train"].sort_values("image_id")
     if cfg.train_limit:
         train = train.head(cfg.train_limit)
-    examples = build_examples(train, captions, taxonomy, TASKS, model_prompt_style(base_dir))
+    style = model_prompt_style(base_dir)
+    examples = build_examples(train, captions, taxonomy, TASKS, style)
     model, processor = load_model(base_dir)
     work = Path(out_dir).with_name(Path(out_dir).name + ".work")
     args = SFTConfig(
@@ -78,7 +91,7 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(examples),
-                         processing_class=processor)
+                         processing_class=processor, optimizers=(_optimizer(model, cfg), None))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -88,6 +101,9 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
         chat = Path(base_dir, "chat_template.jinja")
         if chat.exists():
             shutil.copy(chat, tmp / chat.name)
+        # Record the prompt style trained with: without it the output reads as "full" and every later
+        # stage (format_check, GRPO, eval) asks with 1.7k-char prompts this model never saw.
+        write_model_meta(tmp, style)
     shutil.rmtree(work, ignore_errors=True)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {"enabled": True, "history": history, "train_examples": len(examples),

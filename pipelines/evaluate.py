@@ -1,0 +1,47 @@
+"""DVC stage `evaluate@<variant>`: clinically grounded metrics for one model variant."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from skinflow.config import load_section
+from skinflow.eval.evaluate import EvalConfig, evaluate_model
+from skinflow.eval.metrics import metrics_markdown, per_group_table, write_confusion
+from skinflow.io import write_csv, write_json, write_parquet, write_text
+from skinflow.stage import show_progress
+
+IN_MANIFEST = "data/manifest.parquet"
+IN_CAPTIONS = "data/captions/captions.parquet"
+IN_TAXONOMY = "data/interim/taxonomy.csv"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--model", required=True, help="model directory to evaluate")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    cfg = load_section("evaluate", EvalConfig, args.params, args.overrides)
+    result = evaluate_model(args.model, pd.read_parquet(IN_MANIFEST), pd.read_parquet(IN_CAPTIONS),
+                            pd.read_csv(IN_TAXONOMY), cfg, progress=show_progress())
+    out = f"data/eval/{args.variant}"
+    metrics = {**result["metrics"], "variant": args.variant, "model": args.model}
+    if result["caption_scores"] is not None:
+        metrics["caption_vs_reference"] = result["caption_scores"]
+    write_parquet(f"{out}/predictions.parquet", result["mapped"].astype({"ranked_raw": str, "ranked_labels": str}))
+    write_parquet(f"{out}/match_log.parquet", result["match_log"])
+    write_confusion(result["confusion"], f"{out}/confusion.csv")
+    write_csv(f"{out}/by_group.csv", per_group_table(result["metrics"]))
+    write_text(f"{out}/metrics.md", f"# {args.variant}\n\n" + metrics_markdown(result["metrics"]))
+    write_json(f"metrics/eval/{args.variant}.json", metrics)
+    top1 = metrics["overall"]["top1_exact"]
+    print(f"{args.variant}: top-1 exact {top1['value']} [{top1['ci_low']}, {top1['ci_high']}] "
+          f"on {metrics['n_images']} images")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

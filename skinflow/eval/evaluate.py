@@ -1,0 +1,103 @@
+"""Evaluate one model directory on a manifest split: generate, map, score, and keep everything.
+
+Diagnosis lists are generated for every image of the split (greedy, batched, resumable through a
+progress file keyed by the model's weights), mapped to canonical labels with a logged decision per
+item, and scored with bootstrap CIs overall and per Fitzpatrick group. Unparseable outputs are kept
+and counted. Schema captions are generated for a subset and scored against the reference captions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from pydantic import Field
+
+from skinflow.captions.metrics import aggregate
+from skinflow.captions.parser import parse_caption
+from skinflow.config import Section
+from skinflow.eval.equivalence import LabelSpace
+from skinflow.eval.metrics import compute_metrics, confusion_matrix
+from skinflow.eval.predictions import map_predictions
+from skinflow.io import md5_file
+from skinflow.model.examples import build_examples
+from skinflow.model.generation import generate_texts
+from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, model_prompt_style
+
+
+class EvalConfig(Section):
+    split: str = "test"
+    limit: int | None = None                 # cap on images (None = whole split)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=8)
+    caption_images: int = Field(64, ge=0)    # images whose generated captions are scored
+    caption_max_new_tokens: int = Field(200, ge=8)
+    n_boot: int = Field(1000, ge=0)
+    seed: int = 0
+    progress_dir: str = ".cache/eval"
+
+
+def _model_key(model_dir: str) -> str:
+    weights = sorted(Path(model_dir).glob("*.safetensors"))
+    return "-".join(md5_file(w)[:12] for w in weights) or "no-weights"
+
+
+def _generate_resumable(model_dir: str, examples: list[dict], cfg: EvalConfig, max_new_tokens: int,
+                        tag: str, progress: bool) -> list[str]:
+    """Generate in chunks, appending finished outputs to a progress file so a rerun resumes."""
+    from skinflow.model.base import load_model
+
+    path = Path(cfg.progress_dir) / f"{_model_key(model_dir)}-{tag}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                done[record["image_id"]] = record["text"]
+            except (json.JSONDecodeError, KeyError):
+                continue  # a torn line from a crash: that image is generated again
+    todo = [ex for ex in examples if ex["image_id"] not in done]
+    if todo:
+        model, processor = load_model(model_dir)
+        chunk = cfg.batch_size * 4
+        with path.open("a", encoding="utf-8") as sink:
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                texts = generate_texts(model, processor, part, max_new_tokens, cfg.batch_size,
+                                       progress=progress)
+                for ex, text in zip(part, texts):
+                    done[ex["image_id"]] = text
+                    sink.write(json.dumps({"image_id": ex["image_id"], "text": text}) + "\n")
+                sink.flush()
+    return [done[ex["image_id"]] for ex in examples]
+
+
+def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame | None,
+                   taxonomy: pd.DataFrame, cfg: EvalConfig, progress: bool = False) -> dict:
+    """Return predictions, match log, metrics, confusion and caption scores for one model."""
+    rows = manifest[manifest["split"] == cfg.split].sort_values("image_id")
+    if cfg.limit:
+        rows = rows.head(cfg.limit)
+    style = model_prompt_style(model_dir)
+    space = LabelSpace(taxonomy)
+    examples = build_examples(rows, None, taxonomy, [DIAGNOSIS_TASK], style)
+    texts = _generate_resumable(model_dir, examples, cfg, cfg.max_new_tokens, "diagnosis", progress)
+    raw = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "label": rows["label"].to_numpy(),
+                        "fitzpatrick_scale": rows["fitzpatrick_scale"].fillna(-1).astype(int).to_numpy(),
+                        "raw_output": texts})
+    mapped, match_log = map_predictions(raw, space)
+    metrics = compute_metrics(mapped, space, n_boot=cfg.n_boot, seed=cfg.seed)
+
+    caption_scores = None
+    if cfg.caption_images and captions is not None and len(captions):
+        subset = rows.head(cfg.caption_images)
+        cap_examples = build_examples(subset, captions, taxonomy, [CAPTION_TASK], style)
+        cap_texts = _generate_resumable(model_dir, cap_examples, cfg, cfg.caption_max_new_tokens,
+                                        "caption", progress)
+        parsed = [parse_caption(t) for t in cap_texts]
+        refs = [parse_caption(ex["target"]).caption for ex in cap_examples]
+        caption_scores = aggregate([p.caption if p.ok else None for p in parsed], refs)
+    return {"mapped": mapped, "match_log": match_log, "metrics": metrics,
+            "confusion": confusion_matrix(mapped, space), "caption_scores": caption_scores}
