@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import shared_file
+from shared_data import shared_file
 from skinflow.data.ingest import IngestConfig, ingest
 from skinflow.data.splits import SplitConfig
 from skinflow.data.validation import ValidateConfig, render_markdown, validate

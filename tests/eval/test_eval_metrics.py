@@ -270,7 +270,7 @@ def test_bootstrap_narrows_with_more_data(space):
 
 
 def test_real_taxonomy_smoke():
-    from conftest import shared_file
+    from shared_data import shared_file
 
     space = LabelSpace(pd.read_csv(shared_file("fitzpatrick17k/taxonomy.csv")))
     raw = raw_frame([("a", "melanoma", 2, dx("malignant melanoma")),

@@ -330,7 +330,7 @@ def test_missing_reference_and_config_errors():
 
 
 def test_real_taxonomy_labels_do_not_flag_vocabulary():
-    from conftest import shared_file
+    from shared_data import shared_file
 
     labels = tuple(pd.read_csv(shared_file("fitzpatrick17k/taxonomy.csv"))["label"])
     every_term = {f: list(v) if f in SET_FIELDS else v[0] for f, v in {**SCALAR_FIELDS, **SET_FIELDS}.items()}
