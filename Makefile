@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: repro test install bench clean-venv
+.PHONY: repro test install bench clean-venv prefect-server prefect-deploy worker-cpu worker-gpu flow
 
 install: $(STAMP)
 
@@ -39,3 +39,21 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Prefect: a local server on 127.0.0.1, the deployments of prefect.yaml, and one worker per pool.
+prefect-server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+prefect-deploy: $(STAMP)
+	$(BIN)/prefect work-pool create cpu --type process || true
+	$(BIN)/prefect work-pool create gpu --type process || true
+	SKINFLOW_CHECKOUT=$(CURDIR) $(BIN)/prefect deploy --all
+
+worker-cpu: $(STAMP)
+	$(BIN)/prefect worker start --pool cpu
+
+worker-gpu: $(STAMP)
+	$(BIN)/prefect worker start --pool gpu
+
+flow: $(STAMP)
+	$(BIN)/python -m flows.pipeline

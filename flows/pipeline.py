@@ -1,0 +1,42 @@
+"""Prefect flow: one task per DVC stage (order from dvc.yaml), DVC decides what is stale.
+
+Thin by design: the stage list, the runner and the metric table live in
+``skinflow.orchestration.dvc_stages``. Run locally with ``python -m flows.pipeline``.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from skinflow.orchestration.dvc_stages import is_gpu_stage, metrics_table, run_stage, stage_order
+
+
+@task(retry_delay_seconds=30, tags=["dvc-stage"])
+def dvc_stage(name: str, repo_dir: str) -> str:
+    run_stage(name, repo_dir, log=get_run_logger().info)
+    return name
+
+
+@flow(name="skinflow-pipeline", log_prints=True)
+def pipeline(repo_dir: str = ".", only: list[str] | None = None, gpu: bool | None = None,
+             retries: int = 2) -> list[str]:
+    """Run the DAG's stages in order (``only``: a subset; ``gpu``: only GPU or only CPU stages).
+
+    ``retries`` covers transient failures (a killed worker, a full disk freed meanwhile); a stage
+    that fails deterministically fails the flow with the stage's last output lines."""
+    done = []
+    for name in stage_order(repo_dir):
+        if (only and name not in only) or (gpu is not None and is_gpu_stage(name) != gpu):
+            continue
+        run = dvc_stage.with_options(task_run_name=f"dvc:{name}", retries=retries)
+        done.append(run(name, repo_dir))
+    create_markdown_artifact(key="skinflow-metrics", markdown=(
+        "# SkinFlow run\n\nStages: " + ", ".join(done) + "\n\n" + (metrics_table(repo_dir) or "(no metrics)")
+        + "\n\nReports: `data/reports/validation.md`, `data/reports/captions.md`, `reports/ablation.md`\n"),
+        description="DVC metrics after this run")
+    return done
+
+
+if __name__ == "__main__":
+    pipeline()

@@ -1,0 +1,1 @@
+"""Running DVC stages from an orchestrator: stage order from dvc.yaml, one stage per call."""

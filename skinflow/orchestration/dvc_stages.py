@@ -1,0 +1,65 @@
+"""DVC stages as units of work: the order comes from dvc.yaml's DAG, DVC decides what is stale.
+
+An orchestrator (the Prefect flow in ``flows/``) runs each stage with ``dvc repro --single-item``,
+so DVC keeps checking hashes and writing ``dvc.lock``; no second hand-written stage list exists.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+# Stages that want an accelerator when one is available (routed to the `gpu` work pool).
+GPU_STAGE_PREFIXES = ("stage1_rl", "stage2_rl", "evaluate@")
+
+
+def stage_order(repo_dir: str | os.PathLike = ".") -> list[str]:
+    """Every stage of dvc.yaml (foreach items expanded) in dependency order."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        graph = repo.index.graph
+        # DVC's edges point from a stage to the stages it depends on.
+        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+
+
+def is_gpu_stage(name: str) -> bool:
+    return name.startswith(GPU_STAGE_PREFIXES)
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, returncode: int, tail: str):
+        super().__init__(f"stage {stage} failed with exit code {returncode}:\n{tail}")
+        self.stage, self.returncode = stage, returncode
+
+
+def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str], None] = print,
+              extra_env: dict[str, str] | None = None) -> None:
+    """``dvc repro --single-item <name>``, streaming its output line by line to ``log``."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name],
+                            cwd=repo_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if line:
+            log(line)
+            tail = (tail + [line])[-40:]
+    if proc.wait() != 0:
+        raise StageFailed(name, proc.returncode, "\n".join(tail))
+
+
+def metrics_table(repo_dir: str | os.PathLike = ".") -> str:
+    """``dvc metrics show --md`` for the run artifact (empty string if DVC cannot show metrics)."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--md"], cwd=repo_dir,
+                            capture_output=True, text=True,
+                            env={**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"})
+    return result.stdout if result.returncode == 0 else ""
