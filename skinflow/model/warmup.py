@@ -8,6 +8,7 @@ it is switched off in params and the base directory passes through unchanged.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -20,7 +21,7 @@ from pydantic import Field
 from skinflow.config import Section
 from skinflow.io import atomic_dir
 from skinflow.model.examples import TASKS, build_examples
-from skinflow.model.prompts import model_prompt_style, write_model_meta
+from skinflow.model.prompts import CAPTION_TASK, model_prompt_style, write_model_meta
 
 
 class WarmupConfig(Section):
@@ -37,7 +38,10 @@ class WarmupConfig(Section):
     seed: int = 0
     threads: int = Field(0, ge=0)          # torch threads; 0 = library default
     gradient_checkpointing: bool = False   # TRL turns it on by default; it only costs time at tiny sizes
-    vision_lr_scale: float = Field(1.0, gt=0)  # lr multiplier for the vision tower + merger
+    vision_lr_scale: float = Field(1.0, gt=0)   # SFT lr multiplier for the vision tower + merger
+    diagnosis_repeat: int = Field(1, ge=1)      # copies of each diagnosis example in the SFT set
+    vision_pretrain_steps: int = Field(0, ge=0)  # supervised vision warm start before SFT (0 = off)
+    vision_pretrain_lr: float = Field(5e-4, gt=0)
 
 
 def _sft_dataset(examples: list[dict]):
@@ -47,6 +51,61 @@ def _sft_dataset(examples: list[dict]):
         "images": ex["images"], "prompt": ex["prompt"],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": ex["target"]}]}],
     } for ex in examples])
+
+
+def _pretrain_vision(model, processor, examples: list[dict], cfg: WarmupConfig) -> list[float]:
+    """Warm-start the from-scratch vision tower: predict each train image's label and caption
+    attributes from mean/max/min-pooled merger outputs through a throwaway linear head.
+
+    Why: the decoder's attention starts uniform, so early in SFT the image reaches the answer only
+    as a mean over all image tokens. The lesion covers a few tokens and the mean is dominated by
+    skin tone and background, and a random ViT trained through a mean (probe: mean pooling stays at
+    chance for 600 steps, max pooling learns) never develops lesion features, so SFT settles on the
+    marginal answer. Max pooling routes gradient to the lesion tokens; once they carry distinctive
+    features the decoder learns to attend to them (measured: 0.9+ attention on one image token).
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows = {ex["image_id"]: ex for ex in examples if ex["task"] != CAPTION_TASK}
+    attrs = {ex["image_id"]: {f"{k}={v}" for k, vs in json.loads(ex["target"]).items()
+                              if k not in ("summary", "schema_version")
+                              for v in (vs if isinstance(vs, list) else [vs])}
+             for ex in examples if ex["task"] == CAPTION_TASK}
+    ids = sorted(rows)
+    names = sorted({rows[i]["label"] for i in ids}) + sorted(set().union(*attrs.values()) if attrs else set())
+    col = {n: j for j, n in enumerate(names)}
+    y = torch.zeros(len(ids), len(names))
+    for r, i in enumerate(ids):
+        for n in [rows[i]["label"], *attrs.get(i, ())]:
+            y[r, col[n]] = 1.0
+    n_labels = len({rows[i]["label"] for i in ids})
+    pix = processor.image_processor(images=[rows[i]["images"][0] for i in ids], return_tensors="pt")
+    grid = pix["image_grid_thw"]
+    start = torch.cat([torch.zeros(1, dtype=torch.long), grid.prod(-1).cumsum(0)])
+    vis = model.model.visual
+    dim = vis.merger.mlp[-1].out_features
+    head = torch.nn.Sequential(torch.nn.LayerNorm(3 * dim), torch.nn.Linear(3 * dim, len(names)))
+    opt = torch.optim.AdamW([*vis.parameters(), *head.parameters()], lr=cfg.vision_pretrain_lr, weight_decay=0.0)
+    warm = max(1, math.ceil(cfg.warmup_ratio * cfg.vision_pretrain_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (
+        1 + math.cos(math.pi * t / cfg.vision_pretrain_steps)))
+    model.train()
+    losses = []
+    for _ in range(cfg.vision_pretrain_steps):
+        idx = torch.randint(0, len(ids), (min(cfg.batch_size, len(ids)),), generator=gen)
+        rows_ = torch.cat([torch.arange(start[i], start[i + 1]) for i in idx.tolist()])
+        merged = vis(pix["pixel_values"][rows_], grid_thw=grid[idx]).pooler_output
+        pooled = torch.stack([torch.cat([t.mean(0), t.amax(0), t.amin(0)]) for t in
+                              torch.split(merged, (grid[idx].prod(-1) // vis.spatial_merge_size**2).tolist())])
+        logits = head(pooled)
+        loss = torch.nn.functional.cross_entropy(logits[:, :n_labels], y[idx, :n_labels].argmax(-1))
+        if len(names) > n_labels:
+            loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(logits[:, n_labels:], y[idx, n_labels:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
 
 
 def _optimizer(model, cfg: WarmupConfig) -> torch.optim.Optimizer:
@@ -80,6 +139,12 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
     style = model_prompt_style(base_dir)
     examples = build_examples(train, captions, taxonomy, TASKS, style)
     model, processor = load_model(base_dir)
+    started = time.perf_counter()
+    pre = _pretrain_vision(model, processor, examples, cfg) if cfg.vision_pretrain_steps else []
+    pre_seconds = time.perf_counter() - started
+    # Diagnosis answers are ~20 tokens against ~140 for a caption, so with one copy each the label
+    # token is ~1% of the SFT loss; extra copies are cheap (short) and give it a real share.
+    examples += [ex for ex in examples if ex["task"] != CAPTION_TASK] * (cfg.diagnosis_repeat - 1)
     work = Path(out_dir).with_name(Path(out_dir).name + ".work")
     args = SFTConfig(
         output_dir=str(work), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
@@ -108,4 +173,7 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {"enabled": True, "history": history, "train_examples": len(examples),
             "train_seconds": round(seconds, 2), "steps": cfg.max_steps,
-            "seconds_per_step": round(seconds / cfg.max_steps, 4)}
+            "seconds_per_step": round(seconds / cfg.max_steps, 4),
+            "vision_pretrain": {"steps": len(pre), "seconds": round(pre_seconds, 2),
+                                "loss_first": round(sum(pre[:20]) / max(1, len(pre[:20])), 4),
+                                "loss_last": round(sum(pre[-20:]) / max(1, len(pre[-20:])), 4)} if pre else None}
