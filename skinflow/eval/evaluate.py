@@ -4,6 +4,11 @@ Diagnosis lists are generated for every image of the split (greedy, batched, res
 progress file keyed by the model's weights), mapped to canonical labels with a logged decision per
 item, and scored with bootstrap CIs overall and per Fitzpatrick group. Unparseable outputs are kept
 and counted. Schema captions are generated for a subset and scored against the reference captions.
+
+Any manifest works (Fitzpatrick17k, SkinSynth, HAM10000/ISIC, generic): the label space is the
+taxonomy handed in, or ``taxonomy`` from the config (a dataset's own file, e.g.
+``skinflow/data/taxonomies/ham10000.csv``, whose codes then map too); top-k shrinks to the number
+of classes (``skinflow.eval.metrics``), and truths outside the taxonomy are scored as misses.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.metrics import compute_metrics, confusion_matrix
 from skinflow.eval.predictions import map_predictions
 from skinflow.io import md5_file
-from skinflow.model.examples import build_examples
+from skinflow.data.manifest import image_paths
+from skinflow.model.examples import build_examples, load_rgb
 from skinflow.model.generation import generate_texts
-from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, model_prompt_style
+from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, PromptStyle, messages, model_prompt_style
 
 
 class EvalConfig(Section):
@@ -36,6 +42,7 @@ class EvalConfig(Section):
     n_boot: int = Field(1000, ge=0)
     seed: int = 0
     progress_dir: str = ".cache/eval"
+    taxonomy: str | None = None              # a dataset's own taxonomy CSV; None = the one passed in
 
 
 def _model_key(model_dir: str) -> str:
@@ -74,6 +81,14 @@ def _generate_resumable(model_dir: str, examples: list[dict], cfg: EvalConfig, m
     return [done[ex["image_id"]] for ex in examples]
 
 
+def diagnosis_examples(rows: pd.DataFrame, labels: list[str], style: PromptStyle) -> list[dict]:
+    """Image + diagnosis prompt per row. Unlike training examples these need no target, so a truth
+    outside the taxonomy (or a missing one) is still evaluated, as a miss."""
+    prompt = messages(DIAGNOSIS_TASK, labels, style)
+    return [{"images": [load_rgb(path)], "prompt": prompt, "image_id": image_id}
+            for image_id, path in zip(rows["image_id"], image_paths(rows))]
+
+
 def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame | None,
                    taxonomy: pd.DataFrame, cfg: EvalConfig, progress: bool = False) -> dict:
     """Return predictions, match log, metrics, confusion and caption scores for one model."""
@@ -81,8 +96,10 @@ def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFram
     if cfg.limit:
         rows = rows.head(cfg.limit)
     style = model_prompt_style(model_dir)
+    if cfg.taxonomy:
+        taxonomy = pd.read_csv(cfg.taxonomy, dtype=str, keep_default_na=False)
     space = LabelSpace(taxonomy)
-    examples = build_examples(rows, None, taxonomy, [DIAGNOSIS_TASK], style)
+    examples = diagnosis_examples(rows, list(space.labels), style)
     texts = _generate_resumable(model_dir, examples, cfg, cfg.max_new_tokens, "diagnosis", progress)
     raw = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "label": rows["label"].to_numpy(),
                         "fitzpatrick_scale": rows["fitzpatrick_scale"].fillna(-1).astype(int).to_numpy(),

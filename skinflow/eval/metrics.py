@@ -6,12 +6,12 @@ candidate list = ``ranked_labels`` with repeated canonical labels dropped after 
 occurrence, OOV items keeping their slot; ``top1`` = the canonical label of the rank-1 item, None
 when the output is unparseable, the list empty or the first item out of vocabulary):
 
-* ``top{1,6}_exact``: ``truth`` is among the first 1 / 6 candidates (string equality).
-* ``top{1,6}_grounded``: some candidate among the first 1 / 6 is ``space.equivalent`` to truth.
+* ``top{1,k}_exact``: ``truth`` is among the first 1 / k candidates (string equality).
+* ``top{1,k}_grounded``: some candidate among the first 1 / k is ``space.equivalent`` to truth.
 * ``hierarchical_{nine,three}``: ``top1`` lies in the truth's nine / three-partition group.
 * ``malignant_miss_at1``: truth malignant and ``top1`` not malignant - unparseable, empty and OOV
   rank-1 outputs are misses. Denominator: images with a malignant truth.
-* ``malignant_miss_at6``: truth malignant and no malignant candidate among the first 6.
+* ``malignant_miss_at{k}``: truth malignant and no malignant candidate among the first k.
 * ``dangerous_error_rate``: truth malignant and ``top1`` is an in-vocabulary label that is not
   malignant (benign or non-neoplastic in Fitzpatrick17k). A subset of miss@1: the difference is
   exactly the malignant images whose output was unparseable, empty or OOV at rank 1, i.e. a miss
@@ -24,9 +24,13 @@ when the output is unparseable, the list empty or the first item out of vocabula
 Top-k denominators are all images, including unparseable ones (counted as misses) and truths
 outside the taxonomy: those can never hit (canonical labels are taxonomy labels by construction),
 are hierarchical misses, are excluded from the safety denominators (their malignancy is unknown)
-and are counted in ``truth_out_of_taxonomy``. Top-6 is defined for label spaces of any size: a
-list simply cannot name more distinct labels than exist. A rate whose denominator is empty is
-``None`` (JSON ``null``), never 0 or NaN.
+and are counted in ``truth_out_of_taxonomy``. A rate whose denominator is empty is ``None`` (JSON
+``null``), never 0 or NaN.
+
+``k = min(6, n_classes)``: on a label space with six classes or fewer a top-6 list could name every
+class and "top-6" would measure list length, not diagnosis. So a 3-class space reports ``top3_*``
+and ``malignant_miss_at3`` (names carry the k they were computed with; the JSON records ``k`` and
+``n_classes``), while Fitzpatrick17k and SkinSynth keep ``top6_*``.
 
 CIs: percentile bootstrap over images. ``scipy.stats.bootstrap`` would resample once per metric
 and chokes on replicates with an empty denominator; instead one seeded numpy stream draws image
@@ -54,22 +58,32 @@ from skinflow.io import write_csv, write_json
 K = MAX_DIAGNOSES  # Top-6: the parser caps lists at six diagnoses
 UNPARSED = "<oov/unparsed>"
 
-# metric -> (numerator column, denominator column) of ``image_indicators``; order = report order.
-METRICS: dict[str, tuple[str, str]] = {
-    "top1_exact": ("top1_exact", "all"),
-    "top6_exact": ("top6_exact", "all"),
-    "top1_grounded": ("top1_grounded", "all"),
-    "top6_grounded": ("top6_grounded", "all"),
-    "hierarchical_nine": ("nine_hit", "all"),
-    "hierarchical_three": ("three_hit", "all"),
-    "malignant_miss_at1": ("miss_at1", "truth_malignant"),
-    "malignant_miss_at6": ("miss_at6", "truth_malignant"),
-    "dangerous_error_rate": ("dangerous_error", "truth_malignant"),
-    "over_call_rate": ("over_call", "truth_non_malignant"),
-    "format_compliance": ("parse_ok", "all"),
-    "oov_rate": ("n_oov", "n_items"),
-    "mean_list_length": ("n_items", "parse_ok"),
-}
+
+def effective_k(n_classes: int) -> int:
+    """Top-k depth on a label space: 6, or the number of classes when there are fewer."""
+    return max(1, min(K, int(n_classes)))
+
+
+def metric_definitions(k: int = K) -> dict[str, tuple[str, str]]:
+    """metric -> (numerator column, denominator column) of ``image_indicators``; order = report order."""
+    return {
+        "top1_exact": ("top1_exact", "all"),
+        f"top{k}_exact": (f"top{k}_exact", "all"),
+        "top1_grounded": ("top1_grounded", "all"),
+        f"top{k}_grounded": (f"top{k}_grounded", "all"),
+        "hierarchical_nine": ("nine_hit", "all"),
+        "hierarchical_three": ("three_hit", "all"),
+        "malignant_miss_at1": ("miss_at1", "truth_malignant"),
+        f"malignant_miss_at{k}": (f"miss_at{k}", "truth_malignant"),
+        "dangerous_error_rate": ("dangerous_error", "truth_malignant"),
+        "over_call_rate": ("over_call", "truth_non_malignant"),
+        "format_compliance": ("parse_ok", "all"),
+        "oov_rate": ("n_oov", "n_items"),
+        "mean_list_length": ("n_items", "parse_ok"),
+    }
+
+
+METRICS = metric_definitions(K)  # the names on label spaces with six classes or more
 RATES = tuple(m for m in METRICS if m != "mean_list_length")  # the ones bounded to [0, 1]
 
 
@@ -101,14 +115,16 @@ def _first(value: Any) -> Any:
     return value.iloc[0] if isinstance(value, pd.Series) else value
 
 
-def image_indicators(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
-    """Per-image numerator/denominator columns for ``METRICS`` (aligned with ``mapped``)."""
+def image_indicators(mapped: pd.DataFrame, space: LabelSpace, k: int | None = None) -> pd.DataFrame:
+    """Per-image numerator/denominator columns for ``metric_definitions(k)`` (aligned with
+    ``mapped``); ``k`` defaults to ``effective_k(space.n_classes)``."""
+    k = effective_k(space.n_classes) if k is None else k
     labels = set(space.labels)
     nine = {label: _first(space.nine(label)) for label in labels}
     three = {label: _first(space.three(label)) for label in labels}
     malignant = {label: bool(_first(space.is_malignant(label))) for label in labels}
     truth = [t if isinstance(t, str) else None for t in mapped["label"]]
-    lists = [candidates(v) for v in mapped["ranked_labels"]]
+    lists = [candidates(v, k) for v in mapped["ranked_labels"]]
     top1 = [c[0] if c else None for c in lists]
 
     def arr(values: Any) -> np.ndarray:
@@ -125,16 +141,16 @@ def image_indicators(mapped: pd.DataFrame, space: LabelSpace) -> pd.DataFrame:
         "parse_ok": mapped["parse_ok"].to_numpy(dtype=bool),
         # in_tax guards against None == None and truths outside the taxonomy ever hitting.
         "top1_exact": in_tax & arr(p == t for p, t in zip(top1, truth)),
-        "top6_exact": in_tax & arr(t in cl for cl, t in zip(lists, truth)),
+        f"top{k}_exact": in_tax & arr(t in cl for cl, t in zip(lists, truth)),
         "top1_grounded": in_tax & arr(eq(p, t) for p, t in zip(top1, truth)),
-        "top6_grounded": in_tax & arr(any(eq(c, t) for c in cl) for cl, t in zip(lists, truth)),
+        f"top{k}_grounded": in_tax & arr(any(eq(c, t) for c in cl) for cl, t in zip(lists, truth)),
         "nine_hit": in_tax & top1_in_vocab & arr(nine.get(p) == nine.get(t) for p, t in zip(top1, truth)),
         "three_hit": in_tax & top1_in_vocab & arr(three.get(p) == three.get(t) for p, t in zip(top1, truth)),
         "truth_in_taxonomy": in_tax,
         "truth_malignant": truth_mal,
         "truth_non_malignant": in_tax & ~truth_mal,
         "miss_at1": truth_mal & ~top1_mal,
-        "miss_at6": truth_mal & ~any_mal,
+        f"miss_at{k}": truth_mal & ~any_mal,
         "dangerous_error": truth_mal & top1_in_vocab & ~top1_mal,
         "over_call": in_tax & ~truth_mal & top1_mal,
         "n_items": mapped["n_items"].to_numpy(dtype=int),
@@ -168,15 +184,16 @@ def _opt(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _summarise(ind: pd.DataFrame, n_boot: int, rng: np.random.Generator, ci: float) -> dict:
-    num = ind[[n for n, _ in METRICS.values()]].to_numpy(dtype=float)
-    den = ind[[d for _, d in METRICS.values()]].to_numpy(dtype=float)
+def _summarise(ind: pd.DataFrame, definitions: dict[str, tuple[str, str]], n_boot: int,
+               rng: np.random.Generator, ci: float) -> dict:
+    num = ind[[n for n, _ in definitions.values()]].to_numpy(dtype=float)
+    den = ind[[d for _, d in definitions.values()]].to_numpy(dtype=float)
     tot_num, tot_den = num.sum(axis=0), den.sum(axis=0)
-    low = high = np.full(len(METRICS), np.nan)
+    low = high = np.full(len(definitions), np.nan)
     if n_boot > 0 and len(ind) > 0:
         low, high = _bootstrap(num, den, n_boot, rng, ci)
     out = {}
-    for j, name in enumerate(METRICS):
+    for j, name in enumerate(definitions):
         defined = tot_den[j] > 0
         out[name] = {"value": float(tot_num[j] / tot_den[j]) if defined else None,
                      "ci_low": _opt(low[j]) if defined else None,
@@ -198,11 +215,12 @@ def _groups(mapped: pd.DataFrame) -> pd.Series:
 
 def compute_metrics(mapped: pd.DataFrame, space: LabelSpace, n_boot: int = 1000, seed: int = 0,
                     ci: float = 0.95) -> dict[str, Any]:
-    """All ``METRICS`` overall and per Fitzpatrick group (JSON-ready; see the module docstring).
+    """All ``metric_definitions(k)`` overall and per Fitzpatrick group, ``k = effective_k(n_classes)``
+    (JSON-ready; see the module docstring).
 
     ``{"overall": {metric: {"value", "ci_low", "ci_high", "n"}}, "by_fitzpatrick": {group: ...},
     "n_images", "n_images_by_fitzpatrick", "truth_out_of_taxonomy", "parse_errors",
-    "label_space_version", "k", "bootstrap"}``. ``n`` is the denominator: images, except listed
+    "label_space_version", "mapping_rules", "n_classes", "k", "k_max", "bootstrap"}``. ``n`` is the denominator: images, except listed
     items for ``oov_rate`` and parseable outputs for ``mean_list_length``. ``n_boot=0`` skips CIs.
     """
     if not 0 < ci < 1:
@@ -210,11 +228,13 @@ def compute_metrics(mapped: pd.DataFrame, space: LabelSpace, n_boot: int = 1000,
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     mapped = _sorted(mapped)
-    ind = image_indicators(mapped, space)
+    k = effective_k(space.n_classes)
+    definitions = metric_definitions(k)
+    ind = image_indicators(mapped, space, k)
     groups = _groups(mapped).to_numpy()
     # One independent stream per block, so adding a group never shifts another's CI.
-    overall = _summarise(ind, n_boot, np.random.default_rng([seed, 0]), ci)
-    by_group = {g: _summarise(ind[groups == g], n_boot, np.random.default_rng([seed, i + 1]), ci)
+    overall = _summarise(ind, definitions, n_boot, np.random.default_rng([seed, 0]), ci)
+    by_group = {g: _summarise(ind[groups == g], definitions, n_boot, np.random.default_rng([seed, i + 1]), ci)
                 for i, g in enumerate(FITZPATRICK_GROUPS)}
     codes = mapped["parse_error"] if "parse_error" in mapped.columns else pd.Series(None, index=mapped.index)
     errors = codes[~ind["parse_ok"]].fillna("UNKNOWN").value_counts()
@@ -224,9 +244,12 @@ def compute_metrics(mapped: pd.DataFrame, space: LabelSpace, n_boot: int = 1000,
         "n_images": int(len(mapped)),
         "n_images_by_fitzpatrick": {g: int((groups == g).sum()) for g in FITZPATRICK_GROUPS},
         "truth_out_of_taxonomy": int((~ind["truth_in_taxonomy"]).sum()),
-        "parse_errors": {str(k): int(v) for k, v in sorted(errors.items())},
+        "parse_errors": {str(code): int(n) for code, n in sorted(errors.items())},
         "label_space_version": space.version,
-        "k": K,
+        "mapping_rules": space.rules_version,
+        "n_classes": space.n_classes,
+        "k": k,
+        "k_max": K,
         "bootstrap": {"method": "percentile, images resampled with replacement", "n_boot": int(n_boot),
                       "seed": int(seed), "ci": float(ci)},
     }
@@ -302,4 +325,8 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         lines.append(f"\nValues with {ci['ci']:.0%} percentile bootstrap CIs ({ci['n_boot']} resamples "
                      f"of images, seed {ci['seed']}); — = empty denominator. "
                      f"Label space {metrics['label_space_version']}.")
+    k, k_max = metrics.get("k"), metrics.get("k_max")
+    if k is not None and k_max is not None and k < k_max:
+        lines.append(f"\nTop-k with k = min({k_max}, n_classes) = {k}: the label space has "
+                     f"{metrics.get('n_classes')} classes, so top-{k_max} would count listing every class.")
     return "\n".join(lines) + "\n"

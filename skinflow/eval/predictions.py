@@ -52,8 +52,9 @@ def fitzpatrick_group(scale: Any) -> str:
 
 
 def _truth(value: Any) -> str | None:
-    # A missing truth (NaN/None) is an out-of-taxonomy truth, not a crash.
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    # A missing truth (NaN/None, or pd.NA from the manifest's string column) is an
+    # out-of-taxonomy truth, not a crash and not the string "<NA>".
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     return str(value)
 

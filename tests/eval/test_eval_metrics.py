@@ -186,15 +186,20 @@ def test_three_class_label_space(table_path):
     everything = dx("psoriasis", "mole", "melanoma")
     raw = raw_frame([("a", "melanoma", 1, everything), ("b", "nevocytic nevus", 3, everything),
                      ("c", "psoriasis", 5, dx("melanoma", "unknown thing", "psoriasis"))])
-    m = compute_metrics(map_predictions(raw, space)[0], space, n_boot=0)["overall"]
-    assert m["top6_exact"]["value"] == 1.0  # Top-6 defined although only 3 labels exist
+    result = compute_metrics(map_predictions(raw, space)[0], space, n_boot=0)
+    m = result["overall"]
+    # Three classes: top-k is top-3 and named so; a top-6 over three labels would measure nothing.
+    assert (result["k"], result["k_max"], result["n_classes"]) == (3, 6, 3)
+    assert "top6_exact" not in m and "malignant_miss_at6" not in m
+    assert m["top3_exact"]["value"] == 1.0  # the OOV item in c's list takes a slot, psoriasis is 3rd
     assert m["top1_exact"]["value"] == 0.0
-    assert m["malignant_miss_at1"]["value"] == 1.0 and m["malignant_miss_at6"]["value"] == 0.0
+    assert m["malignant_miss_at1"]["value"] == 1.0 and m["malignant_miss_at3"]["value"] == 0.0
     assert m["over_call_rate"]["value"] == 0.5 and m["oov_rate"]["value"] == pytest.approx(1 / 9)
+    assert "k = min(6, n_classes) = 3" in metrics_markdown(result)
 
 
 def test_taxonomy_listing_a_label_twice(table_path):
-    # HAM10000-style: two codes (akiec, ak) for one label; seven classes, so Top-6 < all labels.
+    # HAM10000-style: two codes (akiec, ak) for one label.
     taxonomy = pd.DataFrame([
         ("akiec", "actinic keratosis", "malignant epidermal", "malignant"),
         ("ak", "actinic keratosis", "malignant epidermal", "malignant"),
@@ -205,8 +210,11 @@ def test_taxonomy_listing_a_label_twice(table_path):
     space = LabelSpace(taxonomy, table_path=table_path)
     raw = raw_frame([("a", "actinic keratosis", 2, dx("dermatofibroma", "actinic keratosis")),
                      ("b", "nevocytic nevus", 2, dx("actinic keratosis"))])
-    m = compute_metrics(map_predictions(raw, space)[0], space, n_boot=0)["overall"]
-    assert m["top6_exact"]["value"] == 0.5 and m["dangerous_error_rate"]["value"] == 1.0
+    result = compute_metrics(map_predictions(raw, space)[0], space, n_boot=0)
+    m = result["overall"]
+    assert space.labels == ("actinic keratosis", "dermatofibroma", "melanoma", "nevocytic nevus")
+    assert result["k"] == 4  # four distinct labels, however many codes
+    assert m["top4_exact"]["value"] == 0.5 and m["dangerous_error_rate"]["value"] == 1.0
     assert m["over_call_rate"]["value"] == 1.0 and m["hierarchical_three"]["value"] == 0.0
 
 
