@@ -1,7 +1,8 @@
 """Prefect flow: one task per DVC stage (order from dvc.yaml), DVC decides what is stale.
 
 Thin by design: the stage list, the runner and the metric table live in
-``skinflow.orchestration.dvc_stages``. Run locally with ``python -m flows.pipeline``.
+``skinflow.orchestration.dvc_stages``; the checkout lock and the dvc.lock record in
+``skinflow.orchestration.checkout``. Run locally with ``python -m flows.pipeline``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,22 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from skinflow.orchestration.checkout import CheckoutBusy, checkout_lock, record_dvc_lock
 from skinflow.orchestration.dvc_stages import is_gpu_stage, metrics_table, run_stage, stage_order
 
 
-@task(retry_delay_seconds=30, tags=["dvc-stage"])
+def _retry_unless_busy(task, task_run, state) -> bool:
+    """Retries are for transient failures; a checkout held by another run stays held for hours."""
+    try:
+        state.result()
+    except CheckoutBusy:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(retry_delay_seconds=30, retry_condition_fn=_retry_unless_busy, tags=["dvc-stage"])
 def dvc_stage(name: str, repo_dir: str) -> str:
     run_stage(name, repo_dir, log=get_run_logger().info)
     return name
@@ -20,21 +33,30 @@ def dvc_stage(name: str, repo_dir: str) -> str:
 
 @flow(name="skinflow-pipeline", log_prints=True)
 def pipeline(repo_dir: str = ".", only: list[str] | None = None, gpu: bool | None = None,
-             retries: int = 2) -> list[str]:
+             retries: int = 2, commit_lock: bool = False) -> list[str]:
     """Run the DAG's stages in order (``only``: a subset; ``gpu``: only GPU or only CPU stages).
 
     ``retries`` covers transient failures (a killed worker, a full disk freed meanwhile); a stage
-    that fails deterministically fails the flow with the stage's last output lines."""
-    done = []
-    for name in stage_order(repo_dir):
-        if (only and name not in only) or (gpu is not None and is_gpu_stage(name) != gpu):
-            continue
-        run = dvc_stage.with_options(task_run_name=f"dvc:{name}", retries=retries)
-        done.append(run(name, repo_dir))
+    that fails deterministically fails the flow with the stage's last output lines, and a checkout
+    already in use (another flow run or ``dvc repro``) fails it at once with CheckoutBusy.
+    After every stage succeeded, dvc.lock is attached as an artifact (and committed to git, alone,
+    if ``commit_lock``)."""
+    with checkout_lock(repo_dir):
+        done = []
+        for name in stage_order(repo_dir):
+            if (only and name not in only) or (gpu is not None and is_gpu_stage(name) != gpu):
+                continue
+            run = dvc_stage.with_options(task_run_name=f"dvc:{name}", retries=retries)
+            done.append(run(name, repo_dir))
+        record = record_dvc_lock(repo_dir, commit=commit_lock,
+                                 message=f"dvc.lock after pipeline stages: {', '.join(done) or 'none'}")
+        table = metrics_table(repo_dir)
     create_markdown_artifact(key="skinflow-metrics", markdown=(
-        "# SkinFlow run\n\nStages: " + ", ".join(done) + "\n\n" + (metrics_table(repo_dir) or "(no metrics)")
+        "# SkinFlow run\n\nStages: " + ", ".join(done) + "\n\n" + (table or "(no metrics)")
         + "\n\nReports: `data/reports/validation.md`, `data/reports/captions.md`, `reports/ablation.md`\n"),
         description="DVC metrics after this run")
+    create_markdown_artifact(key="skinflow-dvc-lock", markdown=record.markdown(),
+                             description="dvc.lock after this run (sha256 of the file)")
     return done
 
 

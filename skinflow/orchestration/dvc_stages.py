@@ -2,6 +2,8 @@
 
 An orchestrator (the Prefect flow in ``flows/``) runs each stage with ``dvc repro --single-item``,
 so DVC keeps checking hashes and writing ``dvc.lock``; no second hand-written stage list exists.
+A stage that loses the race for the checkout's DVC locks raises :class:`CheckoutBusy` (not
+:class:`StageFailed`), so retry policies can tell "wait for the other run" from a transient failure.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
+
+from skinflow.orchestration.checkout import CheckoutBusy, dvc_lock_error
 
 # Stages that want an accelerator when one is available (routed to the `gpu` work pool).
 GPU_STAGE_PREFIXES = ("stage1_rl", "stage2_rl", "evaluate@")
@@ -39,7 +43,10 @@ class StageFailed(RuntimeError):
 
 def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str], None] = print,
               extra_env: dict[str, str] | None = None) -> None:
-    """``dvc repro --single-item <name>``, streaming its output line by line to ``log``."""
+    """``dvc repro --single-item <name>``, streaming its output line by line to ``log``.
+
+    Raises :class:`CheckoutBusy` if another DVC process holds the checkout, else
+    :class:`StageFailed` on a non-zero exit."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -54,6 +61,8 @@ def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str],
             log(line)
             tail = (tail + [line])[-40:]
     if proc.wait() != 0:
+        if dvc_lock_error("\n".join(tail)):
+            raise CheckoutBusy(repo_dir, "dvc process", f"stage {name}: " + "\n".join(tail[-8:]))
         raise StageFailed(name, proc.returncode, "\n".join(tail))
 
 

@@ -82,3 +82,66 @@ def test_failing_stage_fails_the_flow_with_its_output(toy_repo, harness):
     with pytest.raises(StageFailed, match="boom from the stage"):
         pipeline(str(toy_repo), retries=0)
     assert not (toy_repo / "c.txt").exists()
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def test_success_attaches_dvc_lock_artifact(toy_repo, harness):
+    import hashlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.pipeline import pipeline
+
+    state = pipeline(str(toy_repo), only=["first", "second"], return_state=True)
+    assert state.is_completed()
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_key = {artifact.key: artifact.data for artifact in artifacts}
+    assert set(by_key) == {"skinflow-metrics", "skinflow-dvc-lock"}
+    sha = hashlib.sha256((toy_repo / "dvc.lock").read_bytes()).hexdigest()
+    assert f"sha256 `{sha}`, not committed" in by_key["skinflow-dvc-lock"]
+    assert (toy_repo / "dvc.lock").read_text().strip() in by_key["skinflow-dvc-lock"]
+
+
+def test_checkout_in_use_by_another_flow_fails_at_once(toy_repo, harness):
+    from flows.pipeline import pipeline
+    from skinflow.orchestration.checkout import CheckoutBusy, checkout_lock
+
+    with checkout_lock(toy_repo):
+        state = pipeline(str(toy_repo), only=["first"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(CheckoutBusy, match="one flow run per checkout"):
+        state.result()
+    assert _task_runs(state.state_details.flow_run_id) == []  # no stage was even attempted
+
+
+def test_dvc_lock_held_elsewhere_is_not_retried(toy_repo, harness):
+    import time
+
+    import zc.lockfile
+
+    from flows.pipeline import pipeline
+    from skinflow.orchestration.checkout import CheckoutBusy
+
+    (toy_repo / "a.txt").unlink(missing_ok=True)  # make `first` stale, so DVC must take its locks
+    held = zc.lockfile.LockFile(str(toy_repo / ".dvc" / "tmp" / "lock"))  # as a running `dvc repro` does
+    try:
+        started = time.monotonic()
+        state = pipeline(str(toy_repo), only=["first"], retries=2, return_state=True)
+        elapsed = time.monotonic() - started
+    finally:
+        held.close()
+    with pytest.raises(CheckoutBusy, match="another dvc process holds the lock"):
+        state.result()
+    assert elapsed < 25  # retry_delay_seconds is 30: a retry would show
+    [task_run] = _task_runs(state.state_details.flow_run_id)
+    assert task_run.run_count == 1 and task_run.state.is_failed()
