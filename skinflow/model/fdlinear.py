@@ -7,6 +7,9 @@ of its tokens) and predicts band weights beta (K), input scales c (I) and output
     y_n = f_n * ((x_n * c_n) @ (sum_k beta_nk W_k)^T) + b       for the tokens x_n of image n.
 At init the layer therefore reproduces the original nn.Linear.
 
+The bases are a function of Theta alone, so a layer caches them between forwards (see `FDLinear.cached_bases`):
+generation, evaluation and the no-grad passes of an RL step reuse them until an optimizer step changes Theta.
+
 Qwen2.5-VL packs all images of a batch into one (tokens, hidden) sequence. `convert_vision_tower` installs hooks that
 hand each FDLinear the per-image token counts (t*h*w from `grid_thw`) for the duration of its block
 (see `_install_hooks`).
@@ -15,6 +18,7 @@ hand each FDLinear the per-image token counts (t*h*w from `grid_thw`) for the du
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 PROJECTIONS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
 Projection = Literal["qkv", "proj", "gate_proj", "up_proj", "down_proj"]
@@ -68,6 +73,55 @@ def _band_masks(out_features: int, in_features: int, num_bands: int, device: tor
     for v in {0, band.shape[1] - 1} if in_features % 2 == 0 else {0}:
         band[:, v] = torch.minimum(band[u, v], band[(-u) % out_features, v])
     return (band == torch.arange(num_bands, device=cpu)[:, None, None]).to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------- basis cache
+# Every optimizer step anywhere in the process advances this counter, and a cached basis records the value it was
+# built under. Theta's own version counter misses updates that swap storage rather than write into it (ZeRO-3 and
+# FSDP gather parameters into fresh buffers, whose address the allocator may reuse, under an unchanged version).
+_optimizer_steps = itertools.count(1)
+_optimizer_epoch = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_epoch
+    _optimizer_epoch = next(_optimizer_steps)
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def _spectrum_to_bases(spectrum: Tensor, masks: Tensor, scale: int, shape: tuple[int, int]) -> Tensor:
+    real = torch.promote_types(spectrum.dtype, torch.float32)
+    spec = torch.view_as_complex(spectrum.to(real)) * scale
+    return torch.fft.irfft2(torch.where(masks, spec, 0), s=shape)
+
+
+class _CachedBases(torch.autograd.Function):
+    """Hands out precomputed bases as a differentiable function of Theta.
+
+    Forward returns the cached tensor (no FFT). Backward is the adjoint of Theta -> W_k, written out as the op-by-op
+    reverse of `_spectrum_to_bases` (what autograd would run for it: the irfft2 backward is a forward-normalised
+    rfft2 with the conjugate-mirrored columns doubled), so it needs nothing from the forward and gives the same
+    gradient as an uncached forward.
+    """
+
+    @staticmethod
+    def forward(ctx, spectrum, bases, masks, scale):
+        ctx.save_for_backward(masks)
+        ctx.scale, ctx.spectrum_dtype = scale, spectrum.dtype
+        return bases.view_as(bases)  # a view: the cache entry itself never carries this graph's grad_fn
+
+    @staticmethod
+    def backward(ctx, grad):
+        (masks,) = ctx.saved_tensors
+        real = torch.promote_types(ctx.spectrum_dtype, torch.float32)
+        g = torch.fft.rfft2(grad.to(real), norm="forward")
+        mirrored = grad.shape[-1] - g.shape[-1]  # columns 1..I-(I//2+1) stand for two conjugate positions
+        if mirrored > 0:
+            g[..., 1 : 1 + mirrored] *= 2
+        g = torch.where(masks, g, 0).sum(0) * ctx.scale  # bands are disjoint: the sum over K adds only zeros
+        return torch.view_as_real(g).to(ctx.spectrum_dtype), None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------- op
@@ -174,6 +228,10 @@ class FDLinear(nn.Module):
         self.head = _DynamicHead(in_features, out_features, num_bands, device=device, dtype=dtype)
         self.segment_lengths: tuple[int, ...] | None = None
         self.require_segments = False
+        # Bases reused across forwards while Theta is unchanged. Costs K x the dense weight's memory per layer for as
+        # long as the model lives; `set_basis_cache(model, False)` trades that memory for an FFT per forward.
+        self.cache_bases = True
+        self._basis_cache: tuple[tuple, Tensor] | None = None
         _band_masks(out_features, in_features, num_bands, torch.device("cpu"))  # validate num_bands early
 
     @classmethod
@@ -189,10 +247,44 @@ class FDLinear(nn.Module):
 
     def band_bases(self) -> Tensor:
         """The K dense bases W_k = irfft2(m * band_k(Theta)), (K, O, I), in >= fp32; differentiable w.r.t. Theta."""
-        real = torch.promote_types(self.spectrum.dtype, torch.float32)
-        spec = torch.view_as_complex(self.spectrum.to(real)) * self.scale
-        masks = _band_masks(self.out_features, self.in_features, self.num_bands, spec.device)
-        return torch.fft.irfft2(torch.where(masks, spec, 0), s=(self.out_features, self.in_features))
+        masks = _band_masks(self.out_features, self.in_features, self.num_bands, self.spectrum.device)
+        return _spectrum_to_bases(self.spectrum, masks, self.scale, (self.out_features, self.in_features))
+
+    def cached_bases(self, dtype: torch.dtype) -> Tensor:
+        """`band_bases()` cast to `dtype`, rebuilt only when Theta may have changed; what `forward` uses.
+
+        The entry is keyed on Theta's version counter (bumped by every in-place write: optimizer updates,
+        `load_state_dict`, `copy_` under no_grad), its storage address, device and dtype, and the process-wide
+        optimizer step count. Writes through `spectrum.data` bypass the version counter: call `clear_basis_cache`
+        after those. With grad enabled and Theta trainable the cached tensor is wrapped in `_CachedBases`, so
+        gradients reach Theta exactly as without the cache (checkpoint replays and micro-batches hit it too).
+        """
+        theta = self.spectrum
+        if not self.cache_bases:
+            return self.band_bases().to(dtype)
+        key = (theta._version, theta.data_ptr(), theta.device, theta.dtype, dtype, _optimizer_epoch)
+        hit = self._basis_cache is not None and self._basis_cache[0] == key
+        if hit and self._basis_cache[1].is_inference() and not torch.is_inference_mode_enabled():
+            hit = False  # an inference-mode tensor cannot take part in autograd
+        if not hit:
+            with torch.no_grad():
+                self._basis_cache = (key, self.band_bases().to(dtype))
+        bases = self._basis_cache[1]
+        if torch.is_grad_enabled() and theta.requires_grad:
+            masks = _band_masks(self.out_features, self.in_features, self.num_bands, theta.device)
+            return _CachedBases.apply(theta, bases, masks, self.scale)
+        return bases
+
+    def clear_basis_cache(self) -> None:
+        self._basis_cache = None
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(), ...: the entry belongs to the old tensor
+        self._basis_cache = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):  # deepcopy (e.g. a frozen reference model) and pickle: do not duplicate the cache
+        state = super().__getstate__()
+        return {**state, "_basis_cache": None}
 
     def band_sizes(self) -> list[int]:
         masks = _band_masks(self.out_features, self.in_features, self.num_bands, torch.device("cpu"))
@@ -241,7 +333,7 @@ class FDLinear(nn.Module):
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         c, f, beta, lengths = self.modulation(x)
         flat = x.reshape(-1, self.in_features).to(dt)
-        y = _DynamicProject.apply(flat, c.to(dt), f.to(dt), beta.to(dt), self.band_bases().to(dt), lengths)
+        y = _DynamicProject.apply(flat, c.to(dt), f.to(dt), beta.to(dt), self.cached_bases(dt), lengths)
         if self.bias is not None:
             y = y + self.bias.to(dt)
         return y.view(*x.shape[:-1], self.out_features)
@@ -398,6 +490,23 @@ def convert_vision_tower(model_or_tower: nn.Module, cfg: DVEConfig | dict | None
     if getattr(model_or_tower, "config", None) is not None:
         model_or_tower.config.dve = cfg.model_dump()
     return report
+
+
+def set_basis_cache(model: nn.Module, enabled: bool) -> int:
+    """Turn basis caching on or off for every FDLinear in `model` (off also frees the cached bases); returns the
+    number of layers."""
+    layers = [m for m in model.modules() if isinstance(m, FDLinear)]
+    for layer in layers:
+        layer.cache_bases = enabled
+        layer.clear_basis_cache()
+    return len(layers)
+
+
+def clear_basis_cache(model: nn.Module) -> None:
+    """Drop every FDLinear's cached bases (after writing to Theta through `.data`, or to free memory)."""
+    for module in model.modules():
+        if isinstance(module, FDLinear):
+            module.clear_basis_cache()
 
 
 def dve_param_groups(model: nn.Module, lr: float, head_lr_scale: float = 1.0) -> list[dict[str, Any]]:

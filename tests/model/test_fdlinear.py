@@ -8,17 +8,22 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
+from torch import Tensor, nn
 
 from skinflow.model.fdlinear import (
     PROJECTIONS,
     DVEConfig,
     FDLinear,
+    _CachedBases,
     _DynamicProject,
+    _band_masks,
+    _spectrum_to_bases,
+    clear_basis_cache,
     convert_vision_tower,
     dve_param_groups,
     find_vision_tower,
     load_dve_model,
+    set_basis_cache,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -340,6 +345,218 @@ def test_config_selection_report_and_param_groups():
     groups = dve_param_groups(model, lr=1e-4, head_lr_scale=10.0)
     assert groups[1]["lr"] == 1e-3 and len(groups[1]["params"]) == 2 * 8
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------------------- basis cache
+def _count_rebuilds(fd: FDLinear) -> list[int]:
+    calls = []
+    rebuild = fd.band_bases
+
+    def counted():
+        calls.append(1)
+        return rebuild()
+
+    fd.band_bases = counted
+    return calls
+
+
+def _grads(fd: FDLinear, x: Tensor, passes: int = 1, autocast: bool = False) -> list[Tensor]:
+    fd.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = sum(fd(x).float().sin().sum() for _ in range(passes))  # several graphs share one cached basis
+    loss.backward()
+    return [x.grad, fd.spectrum.grad, fd.bias.grad, *(p.grad for p in fd.head.parameters())]
+
+
+def test_cached_bases_adjoint_passes_gradcheck():
+    torch.manual_seed(0)
+    for o, i in ((5, 6), (7, 9), (4, 2)):  # even and odd input widths: different mirrored-column counts
+        masks = _band_masks(o, i, 3, torch.device("cpu"))
+        theta = torch.randn(o, i // 2 + 1, 2, dtype=torch.double, requires_grad=True)
+        # the forward value comes from outside autograd (as from the cache); only the explicit adjoint gives gradients
+        apply = lambda t: _CachedBases.apply(t, _spectrum_to_bases(t.detach(), masks, 3, (o, i)), masks, 3)  # noqa: E731
+        assert torch.autograd.gradcheck(apply, (theta,))
+
+
+def test_cached_forward_equals_uncached_and_rebuilds_once():
+    _, fd = _fd()
+    _randomise_heads(fd)
+    fd.segment_lengths = (6, 10)
+    x = torch.randn(16, 24)
+    fd.cache_bases = False
+    with torch.no_grad():
+        reference = fd(x)
+    fd.cache_bases = True
+    calls = _count_rebuilds(fd)
+    with torch.no_grad():
+        outs = [fd(x) for _ in range(3)]
+    with torch.inference_mode():
+        outs.append(fd(x))
+    assert all(torch.equal(out, reference) for out in outs)
+    assert len(calls) == 1  # no_grad and inference mode share the entry built by the first forward
+    set_basis_cache(fd, False)
+    with torch.no_grad():
+        assert torch.equal(fd(x), reference) and len(calls) == 2 and fd._basis_cache is None
+
+
+def test_inference_mode_entry_is_not_used_for_training():
+    _, fd = _fd()
+    fd.segment_lengths = (16,)
+    x = torch.randn(16, 24)
+    with torch.inference_mode():
+        fd(x)
+    assert fd._basis_cache[1].is_inference()
+    fd(x).sum().backward()  # would raise if the inference tensor were saved for backward
+    assert fd.spectrum.grad.abs().sum() > 0 and not fd._basis_cache[1].is_inference()
+
+
+def test_every_way_of_changing_theta_invalidates_the_cache():
+    _, fd = _fd()
+    _randomise_heads(fd)
+    x = torch.randn(16, 24)
+
+    def fresh() -> Tensor:  # what an uncached layer gives for the current Theta
+        fd.cache_bases = False
+        try:
+            return fd(x)
+        finally:
+            fd.cache_bases = True
+
+    def check(change) -> None:
+        with torch.no_grad():
+            before = fd(x)
+            change()
+            after = fd(x)
+            assert torch.equal(after, fresh()) and not torch.equal(after, before)
+
+    opt = torch.optim.SGD(fd.parameters(), lr=1e-3)
+
+    def optimizer_step():
+        with torch.enable_grad():
+            fd(x).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    def load_state():
+        state = {k: v.clone() for k, v in fd.state_dict().items()}
+        state["spectrum"] += 0.01
+        fd.load_state_dict(state)
+
+    def swap_storage():  # how ZeRO-3 / FSDP hand a module its gathered parameter: version counter unchanged
+        fd.spectrum.data = fd.spectrum.data + 0.01
+
+    def write_through_data_then_step():  # untracked write, then any optimizer step: the step count invalidates
+        fd.spectrum.data.add_(0.01)
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1).step()
+
+    for change in (optimizer_step, load_state, lambda: fd.spectrum.add_(0.01), swap_storage,
+                   write_through_data_then_step, lambda: fd.to(torch.float64)):
+        if fd.spectrum.dtype == torch.float64:
+            x = x.double()
+        check(change)
+    with torch.no_grad():  # the one documented blind spot, and its remedy
+        before = fd(x)
+        fd.spectrum.data.mul_(1.5)
+        assert torch.equal(fd(x), before)
+        clear_basis_cache(fd)
+        assert torch.equal(fd(x), fresh())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gradients_identical_with_and_without_cache(autocast):
+    _, fd = _fd()
+    _randomise_heads(fd)
+    fd.segment_lengths = (6, 10)
+    x = torch.randn(16, 24)
+    fd.cache_bases = False
+    reference = _grads(fd, x, passes=2, autocast=autocast)
+    fd.cache_bases = True
+    calls = _count_rebuilds(fd)
+    first = _grads(fd, x, passes=2, autocast=autocast)  # miss, then a hit inside the same step
+    second = _grads(fd, x, passes=2, autocast=autocast)  # hits only
+    assert len(calls) == 1
+    for a, b, c in zip(reference, first, second):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6) and torch.equal(b, c)
+    fd.spectrum.requires_grad_(False)  # frozen Theta: the cached tensor is used as is, the head still learns
+    fd.zero_grad(set_to_none=True)
+    fd(x).sum().backward()
+    assert fd.spectrum.grad is None and fd.head.band_gate.weight.grad.abs().sum() > 0
+
+
+def test_training_loop_with_cache_matches_uncached_loop():
+    def train(cache: bool) -> dict[str, Tensor]:
+        _, fd = _fd()
+        _randomise_heads(fd)
+        fd.cache_bases = cache
+        fd.segment_lengths = (6, 10)
+        opt = torch.optim.AdamW(fd.parameters(), lr=1e-2)
+        torch.manual_seed(5)
+        for _ in range(4):
+            with torch.no_grad():  # a rollout-style pass between steps, as in GRPO
+                fd(torch.randn(16, 24))
+            fd(torch.randn(16, 24)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        return {k: v.clone() for k, v in fd.state_dict().items()}
+
+    cached, plain = train(True), train(False)
+    for name in plain:
+        assert torch.allclose(cached[name], plain[name], rtol=0, atol=1e-6), name
+
+
+def test_cache_stays_out_of_state_dict_copies_and_saves(tmp_path):
+    model = _tiny_model()
+    convert_vision_tower(model, {})
+    _randomise_heads(model)
+    pixels, grid = _images()
+    inputs = {**_prompt(grid), "pixel_values": pixels, "image_grid_thw": grid}
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    layers = [m for m in model.modules() if isinstance(m, FDLinear)]
+    assert all(m._basis_cache is not None for m in layers)
+    assert set(model.state_dict()) == keys
+    twin = copy.deepcopy(model)
+    assert all(m._basis_cache is None for m in twin.modules() if isinstance(m, FDLinear))
+    model.save_pretrained(tmp_path)
+    loaded = load_dve_model(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, logits) and torch.equal(twin(**inputs).logits, logits)
+
+
+def test_repeated_generate_builds_bases_once_per_layer():
+    model = _tiny_model()
+    convert_vision_tower(model, {})
+    _randomise_heads(model)
+    counters = [_count_rebuilds(m) for m in model.modules() if isinstance(m, FDLinear)]
+    pixels, grid = _images()
+    inputs = {**_prompt(grid), "pixel_values": pixels, "image_grid_thw": grid}
+    outs = [model.generate(**inputs, max_new_tokens=3, do_sample=False) for _ in range(3)]
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    assert [len(c) for c in counters] == [1] * len(counters)
+    set_basis_cache(model, False)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), outs[0])
+
+
+def test_checkpointed_tower_gradients_identical_with_and_without_cache():
+    model = _tiny_model()
+    convert_vision_tower(model, {})
+    tower = find_vision_tower(model).train()
+    _randomise_heads(tower)
+    tower.activation_checkpointing_enable()
+    pixels, grid = _images()
+
+    def grads(cache: bool):
+        set_basis_cache(tower, cache)
+        tower.zero_grad()
+        tower(pixels, grid_thw=grid).pooler_output.pow(2).mean().backward()
+        return {n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None}
+
+    plain, cached = grads(False), grads(True)
+    assert any("spectrum" in n for n in plain) and plain.keys() == cached.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], cached[name], rtol=0, atol=1e-6), name
 
 
 # ----------------------------------------------------------------------------------------------------------- GPU
