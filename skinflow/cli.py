@@ -161,13 +161,13 @@ def ablation() -> None:
     _call_main("ablation", None)
 
 
-@app.command(context_settings=PASSTHROUGH)
-def report(ctx: typer.Context) -> None:
-    """Build the pipeline report (pipelines/report.py); extra arguments are passed through."""
+@app.command()
+def report(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Build the run report (reports/report.html and reports/report.md) from what the pipeline produced."""
     if importlib.util.find_spec("pipelines.report") is None:
-        _fail("there is no report stage yet (pipelines/report.py does not exist in this checkout); "
+        _fail("there is no report stage in this checkout (pipelines/report.py does not exist); "
               "`skinflow lineage metrics/<file>.json:<key>` and reports/ablation.md cover the results so far")
-    _call_main("report", list(ctx.args))
+    _run_stage("report", params, set_)
 
 
 @app.command()

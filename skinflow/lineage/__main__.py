@@ -1,7 +1,7 @@
 """``python -m skinflow.lineage run <stage> -- <command...>``: run a stage command and record it.
 
-Kept to the standard library until the command has finished, so the wrapper's own start-up cost
-is a bare interpreter's. The audit lives in the ``skinflow lineage`` command.
+The command starts before the recorder (and through it DVC and DuckDB) is imported, so the stage
+waits only for a bare interpreter's start-up. The audit lives in the ``skinflow lineage`` command.
 """
 
 from __future__ import annotations
@@ -17,12 +17,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) < 2 or argv[0] != "run" or argv[1].startswith("-"):
         print(USAGE, file=sys.stderr)
         return 2
-    stage, rest = argv[1], argv[2:]
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
+    stage, command = argv[1], argv[2:]
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("lineage: no command given after --\n" + USAGE, file=sys.stderr)
+        return 2
+    from datetime import datetime, timezone
+
+    from skinflow.lineage.process import start_command
+
+    started_at = datetime.now(timezone.utc)
+    proc = start_command(command)
     from skinflow.lineage.recorder import run
 
-    return run(stage, rest)
+    return run(stage, command, proc, started_at)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,15 @@ def host_info() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def accelerator() -> str:
-    """GPU models visible to CUDA programs started from here, or ``cpu``."""
+NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
+
+
+def accelerator(driver_dir: Path = NVIDIA_PROC) -> str:
+    """GPU models visible to CUDA programs started from here, or ``cpu``. Indices in
+    CUDA_VISIBLE_DEVICES are mapped in PCI bus order (the driver's directory order)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     models = []
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+    for info in sorted(driver_dir.glob("*/information")):
         try:
             for line in info.read_text().splitlines():
                 if line.startswith("Model:"):

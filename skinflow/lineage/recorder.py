@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from skinflow.lineage import LineageError, context, ledger
 from skinflow.lineage.hashing import Digest, hash_path
+from skinflow.lineage.process import start_command, wait_command
 
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -38,31 +38,6 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
         if (candidate / ".dvc").is_dir():
             return candidate
     return here
-
-
-def run_command(command: list[str]) -> int:
-    """Run ``command`` in the foreground; forward SIGTERM/SIGINT so a cancelled orchestrator run
-    stops the stage instead of orphaning it."""
-    if len(command) == 1 and any(ch.isspace() for ch in command[0]):
-        command = ["/bin/sh", "-c", command[0]]  # one quoted string: let the shell split it
-    try:
-        proc = subprocess.Popen(command)
-    except OSError as exc:
-        print(f"lineage: cannot start {command[0]!r}: {exc}", file=sys.stderr)
-        return 127
-    forwarded = {}
-
-    def forward(signum, _frame):
-        proc.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        forwarded[signum] = signal.signal(signum, forward)
-    try:
-        code = proc.wait()
-        return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
-    finally:
-        for signum, handler in forwarded.items():
-            signal.signal(signum, handler)
 
 
 def stage_plan(root: Path, stage_name: str) -> dict:
@@ -162,20 +137,21 @@ def record_run(stage: str, command: list[str], exit_code: int, started_at: datet
     return record
 
 
-def run(stage: str, command: list[str]) -> int:
-    """The wrapper: run, record, return the command's exit code."""
-    if not command:
-        print("lineage: no command given after --", file=sys.stderr)
-        return 2
+def run(stage: str, command: list[str], proc: subprocess.Popen | None = None,
+        started_at: datetime | None = None) -> int:
+    """The wrapper: run (or adopt the already started ``proc``), record, return the exit code."""
+    if proc is None:
+        started_at = datetime.now(timezone.utc)
+        proc = start_command(command)
+    started_at = started_at or datetime.now(timezone.utc)
     dvc_stage = os.environ.get("DVC_STAGE")
     if dvc_stage and dvc_stage != stage:
         print(f"lineage: warning: recording as {stage!r} but DVC is running stage {dvc_stage!r}",
               file=sys.stderr)
     root = repo_root()
-    started_at = datetime.now(timezone.utc)
     preparation = _Preparation(root, stage)
     preparation.start()
-    exit_code = run_command(command)
+    exit_code = wait_command(proc)
     ended_at = datetime.now(timezone.utc)
     tick = time.perf_counter()
     try:

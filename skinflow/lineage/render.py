@@ -122,7 +122,7 @@ def _stage_lines(audit: Audit, name: str, indent: str, last: bool, seen: set[str
     for i, (text, producer) in enumerate(items):
         is_last = i == len(items) - 1
         b, c = ("└── ", "    ") if is_last else ("├── ", "│   ")
-        wrapped = textwrap.wrap(text, WIDTH - len(inner) - 4, break_on_hyphens=False) or [""]
+        wrapped = textwrap.wrap(text, max(60, WIDTH - len(inner) - 4), break_on_hyphens=False) or [""]
         lines.append(f"{inner}{b}{wrapped[0]}")
         lines += [f"{inner}{c}    {more}" for more in wrapped[1:]]
         if producer:

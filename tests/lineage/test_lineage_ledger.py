@@ -103,6 +103,18 @@ def test_environment_facts_are_cheap_and_plain(monkeypatch):
     assert context.accelerator().startswith(("cpu", "apple-mps"))
 
 
+def test_accelerator_reads_the_driver_and_honours_cuda_visible_devices(tmp_path, monkeypatch):
+    for bus, model in (("0000:1a:00.0", "NVIDIA H100 80GB HBM3"), ("0000:3b:00.0", "NVIDIA A100-SXM4-40GB")):
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "information").write_text(f"Model: \t\t {model}\nIRQ:   \t\t 35\n")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert context.accelerator(tmp_path) == "NVIDIA H100 80GB HBM3, NVIDIA A100-SXM4-40GB"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert context.accelerator(tmp_path) == "NVIDIA A100-SXM4-40GB (CUDA_VISIBLE_DEVICES=1)"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert context.accelerator(tmp_path).startswith("cpu (2 GPU(s) hidden")
+
+
 def test_resolve_key_walks_dicts_lists_and_dotted_names():
     data = {"overall": {"top1": {"value": 0.5}}, "caption.bleu4": {"mean": 0.2}, "per_class": [{"f1": 0.1}, {"f1": 0.3}]}
     assert resolve_key(data, "overall.top1.value", "m.json") == 0.5
