@@ -108,6 +108,15 @@ def test_lesion_geometry_and_scores():
     assert summary["mean_lesion_share"] == with_geo["lesion_share"]  # over images with geometry only
 
 
+def test_config_is_strict():
+    from pydantic import ValidationError
+
+    assert AttentionConfig().method == "attention" and AttentionConfig().attributes.endswith("attributes.parquet")
+    for bad in ({"method": "rollout"}, {"n_images": 0}, {"lesion_margin": 0}, {"device": "tpu"}, {"typo": 1}):
+        with pytest.raises(ValidationError):
+            AttentionConfig(**bad)
+
+
 # ---- a tiny model -----------------------------------------------------------------------------------
 
 LABELS = ["melanoma", "nevocytic nevus", "psoriasis"]
