@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     header = {"method": cfg.method, "aggregation": AGGREGATION[cfg.method], "split": cfg.split,
               "n_images": int(len(rows)), "image_ids": [str(i) for i in rows["image_id"]],
-              "lesion_geometry": geometry_note, "missing_variants": missing}
+              "lesion_geometry": geometry_note, "missing_variants": missing,
+              "variant_order": list(results)}  # the PNG's column order (JSON keys get sorted)
     summary = {**header, "variants": {n: {k: v for k, v in r.items() if k != "images"}
                                       for n, r in results.items()}}
     write_json(OUT_METRICS, summary)

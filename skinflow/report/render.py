@@ -311,12 +311,18 @@ def attention_section(inputs: ReportInputs) -> DocSection:
         ["variant", "model", "images", "mean entropy", "lesion share", "chance share", "attention on image"],
         [[name, fmt(v.get("model")), fmt(v.get("n_images")), fmt(v.get("mean_entropy")), fmt(v.get("mean_lesion_share")),
           fmt(v.get("mean_lesion_chance")), fmt(v.get("mean_image_attention"))]
-         for name, v in (s.get("variants") or {}).items()], f"Per-variant means ({summary.path})"))
+         for name, v in _ordered(s.get("variants") or {}, s.get("variant_order"))],
+        f"Per-variant means ({summary.path})"))
     missing = s.get("missing_variants") or []
     if missing:
         section.parts.append(Para("Variants without a model directory: "
                                   + ", ".join(f"{m.get('variant')} ({m.get('model')})" for m in missing) + "."))
     return section
+
+
+def _ordered(table: dict, order: list | None) -> list[tuple[str, Any]]:
+    names = [n for n in order or [] if n in table] + [n for n in table if n not in (order or [])]
+    return [(n, table[n]) for n in names]
 
 
 SECTIONS = (dataset_section, captions_section, training_section, evaluation_section, ablation_section,

@@ -211,7 +211,7 @@ def test_attention_stage_end_to_end(tiny_dir, tmp_path, monkeypatch):
 
     summary = stage.main(["other=models/warmup"])
     assert summary["image_ids"] == [ids[1], ids[2]]                 # first two test ids, sorted
-    assert set(summary["variants"]) == {"warmup", "other"}
+    assert set(summary["variants"]) == {"warmup", "other"} and summary["variant_order"] == ["warmup", "other"]
     assert [m["variant"] for m in summary["missing_variants"]] == ["stage1", "stage2"]
     for variant in summary["variants"].values():
         assert 0 <= variant["mean_entropy"] <= 1 and variant["mean_lesion_share"] is not None

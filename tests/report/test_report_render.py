@@ -82,7 +82,9 @@ def full_inputs() -> ReportInputs:
         "attention": {"method": "attention", "aggregation": "mean over layers", "n_images": 2, "split": "test",
                       "lesion_geometry": "SkinSynth main-lesion disc", "missing_variants": [{"variant": "stage2",
                                                                                              "model": "models/stage2"}],
-                      "variants": {"warmup": {"model": "models/warmup", "n_images": 2, "mean_entropy": 0.987654,
+                      "variant_order": ["warmup", "base"],
+                      "variants": {"base": {"model": "models/base", "n_images": 2, "mean_entropy": 1.0},
+                                   "warmup": {"model": "models/warmup", "n_images": 2, "mean_entropy": 0.987654,
                                               "mean_lesion_share": 0.0612, "mean_lesion_chance": 0.0548,
                                               "mean_image_attention": 0.2}}},
         "attention_png": _png(),
@@ -128,6 +130,7 @@ def test_numbers_and_cis_rendered_from_inputs():
     assert cell in html and cell in md
     assert "0.250 [0.100, 0.400]" in md                       # ablation cell
     assert "| warmup | models/warmup | 2 | 0.9877 | 0.0612 | 0.0548 | 0.2 |" in md   # attention means
+    assert md.index("| warmup | models/warmup |") < md.index("| base | models/base | 2 | 1 | — |")  # PNG order
     assert "| accuracy | 0.4321 |" in md and "| macro_f1 | 0.300 [0.200, 0.400] |" in md
     assert "per_class" not in md                               # lists are not metric values
     assert "label_present" in md and "failed: label_present" in md
