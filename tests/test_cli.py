@@ -109,6 +109,9 @@ def test_lineage_errors_name_what_exists(tmp_path):
     result = runner.invoke(app, ["lineage", "metrics/a.json:overall.top1", "--repo", str(tmp_path),
                                  "--ledger", str(tmp_path / "l.duckdb")])
     assert result.exit_code == 0 and "= 0.5" in result.output and "differs from dvc.lock" in result.output
+    result = runner.invoke(app, ["lineage", "metrics/a.json:overall.top1", "--repo", str(tmp_path), "--verify",
+                                 "--ledger", str(tmp_path / "l.duckdb")])
+    assert result.exit_code == 1 and "metrics/a.json: changed" in result.output
 
 
 def test_runs_lists_an_empty_ledger(tmp_path):

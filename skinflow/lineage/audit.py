@@ -69,8 +69,8 @@ class Audit:
     metric: str
     key: str | None
     value: Any
-    metric_lock: Digest
-    metric_workspace: Digest
+    metric_lock: Digest                    # the metric file's dvc.lock entry (or its directory's)
+    metric_workspace: Digest               # the same path hashed now
     stage: str
     order: list[str]
     nodes: dict[str, StageNode]
@@ -185,13 +185,11 @@ def _metric_stage(stages: dict[str, LockStage], file: str, root: Path) -> tuple[
         state = "exists but is not" if (root / file).exists() else "is not"
         raise LineageError(f"{file} {state} an output of any stage in dvc.lock; metric files there: "
                            + (", ".join(known) or "(none)"))
-    if found[1].path != file:
-        raise LineageError(f"{file} lies inside the directory output {found[1].path} of stage "
-                           f"{found[0]}; dvc.lock hashes that directory as a whole, audit its metric files")
     if not (root / file).is_file():
         raise LineageError(f"{file} is an output of stage {found[0]} in dvc.lock but is missing from the "
-                           f"workspace: run `dvc checkout {file}` or `dvc repro {found[0]}`")
-    return found
+                           f"workspace: restore it (`dvc checkout`, or git for uncached metrics) or run "
+                           f"`dvc repro {found[0]}`")
+    return found  # for a file inside a directory output, the directory's entry: lock hashes it whole
 
 
 # --- the chain ---------------------------------------------------------------------------------
@@ -246,21 +244,14 @@ def build_audit(target: str, root: str | os.PathLike = ".", ledger_file: str | o
     except Exception as exc:  # DVC wraps parser errors in its own exception types
         raise LineageError(f"{file} is not valid {Path(file).suffix[1:].upper()}: {exc}") from None
     value = resolve_key(data, key, file) if key else data
-    ledger_file = Path(ledger_file) if ledger_file else ledger.ledger_path(root)
-    all_records = ledger.runs(ledger_file)
-    by_stage: dict[str, list[ledger.RunRecord]] = {}
-    for record in all_records:
-        by_stage.setdefault(record.stage, []).append(record)
-
     order, nodes, queue = [], {}, [stage_name]
     while queue:
         name = queue.pop(0)
         if name in nodes:
             continue
-        lock = stages[name]
-        records = by_stage.get(name, [])
-        node = StageNode(lock, _pick_record(lock, records), len(records), records[0] if records else None)
-        for dep in lock.deps:
+        node = nodes[name] = StageNode(stages[name], None, 0, None)
+        order.append(name)
+        for dep in node.lock.deps:
             found = producer_of(stages, dep.path)
             if found is None or found[0] == name:
                 continue
@@ -268,9 +259,16 @@ def build_audit(target: str, root: str | os.PathLike = ".", ledger_file: str | o
             if found[1].path == dep.path and found[1].md5 != dep.md5:
                 node.stale[dep.path] = found[1].md5
             queue.append(found[0])
-        nodes[name] = node
-        order.append(name)
-    workspace = hash_path(root, file, name=stages[stage_name].hash_names.get(file, "md5"))
+
+    ledger_file = Path(ledger_file) if ledger_file else ledger.ledger_path(root)
+    by_stage: dict[str, list[ledger.RunRecord]] = {}
+    for record in ledger.runs(ledger_file, stage=order):
+        by_stage.setdefault(record.stage, []).append(record)
+    for name, node in nodes.items():
+        records = by_stage.get(name, [])
+        node.record, node.runs_recorded = _pick_record(node.lock, records), len(records)
+        node.latest = records[0] if records else None
+    workspace = hash_path(root, metric_lock.path, name=stages[stage_name].hash_names.get(metric_lock.path, "md5"))
     return Audit(root, ledger_file, file, key, value, metric_lock, workspace, stage_name, order, nodes,
                  git_tracked(root))
 
@@ -297,8 +295,12 @@ def verify(audit: Audit) -> list[Problem]:
                     if d.path in expected:
                         expected[d.path].append({"source": f"{tag} ({role})", "md5": d.md5})
     problems = []
-    with Repo(str(audit.root)) as repo:
-        ignore = repo.dvcignore
+    try:
+        repo = Repo(str(audit.root))
+    except Exception:  # a dvc.lock without a DVC repository around it: no .dvcignore rules
+        repo = None
+    try:
+        ignore = repo.dvcignore if repo is not None else None
         for path, sources in expected.items():
             got = hash_path(audit.root, path, name=names[path], ignore=ignore)
             if got.md5 is None:
@@ -309,6 +311,9 @@ def verify(audit: Audit) -> list[Problem]:
             if wrong:
                 problems.append(Problem(path, "changed", "; ".join(f"{s['source']} has {s['md5']}" for s in wrong),
                                         got.md5, wrong))
+    finally:
+        if repo is not None:
+            repo.close()
     problems += _params_problems(audit)
     audit.problems = problems
     return problems

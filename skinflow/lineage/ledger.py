@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from skinflow.lineage.hashing import Digest
 
@@ -130,19 +130,21 @@ def append(path: str | os.PathLike, record: RunRecord) -> None:
         con.close()
 
 
-def runs(path: str | os.PathLike, stage: str | None = None, limit: int | None = None) -> list[RunRecord]:
-    """Records, newest first (optionally one stage's). A ledger that does not exist is empty."""
-    return list(_iter_runs(Path(path), stage, limit))
+def runs(path: str | os.PathLike, stage: str | Iterable[str] | None = None,
+         limit: int | None = None) -> list[RunRecord]:
+    """Records, newest first (optionally of one stage or of several). A missing ledger is empty."""
+    stages = None if stage is None else [stage] if isinstance(stage, str) else list(stage)
+    return list(_iter_runs(Path(path), stages, limit))
 
 
-def _iter_runs(path: Path, stage: str | None, limit: int | None) -> Iterator[RunRecord]:
+def _iter_runs(path: Path, stages: list[str] | None, limit: int | None) -> Iterator[RunRecord]:
     if not path.exists():
         return
     con = _connect(path, read_only=True)
     try:
         if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
             return
-        where, args = ("WHERE stage = ?", [stage]) if stage is not None else ("", [])
+        where, args = ("WHERE list_contains(?, stage)", [stages]) if stages is not None else ("", [])
         tail = f" LIMIT {int(limit)}" if limit else ""
         rows = con.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs {where} "
                            f"ORDER BY ended_at DESC, started_at DESC{tail}", args).fetchall()

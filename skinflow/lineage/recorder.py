@@ -40,101 +40,97 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
     return here
 
 
-def stage_plan(root: Path, stage_name: str) -> dict:
+def stage_plan(repo, stage_name: str) -> dict:
     """What to record for a stage, read through DVC's index (``foreach`` resolved as ``dvc repro``
     resolves it): its deps and outs as (path, hash algorithm), its params values, and every output
     path of the DAG (for the dirty check)."""
     from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        stages = list(repo.index.stages)
-        by_name = {s.addressing: s for s in stages}
-        stage = by_name.get(stage_name)
-        if stage is None:
-            raise LineageError(f"stage {stage_name!r} is not in dvc.yaml; stages: {', '.join(by_name)}")
-        rel = lambda out: os.path.relpath(out.fs_path, repo.root_dir).replace(os.sep, "/")  # noqa: E731
-        params: dict[str, dict] = {}
-        notes, deps = [], []
-        for dep in stage.deps:
-            if isinstance(dep, ParamsDependency):
-                try:
-                    params.setdefault(dep.def_path, {}).update(dep.read_params())
-                except Exception as exc:  # a missing params file is worth a note, not a crash
-                    notes.append(f"params {dep.def_path}: {exc}")
-            else:
-                deps.append((rel(dep), dep.hash_name))
-        return {"deps": deps, "outs": [(rel(out), out.hash_name) for out in stage.outs],
-                "params": params, "generated": [rel(out) for s in stages for out in s.outs], "notes": notes}
-
-
-def hash_artifacts(root: Path, plan: dict) -> tuple[list[Digest], list[Digest]]:
-    """Hash the plan's deps and outs with DVC's code, through DVC's hash cache: the hashes computed
-    here are reused when ``dvc repro`` hashes the same outputs for dvc.lock a moment later."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        def digest(path: str, name: str) -> Digest:
+    stages = list(repo.index.stages)
+    by_name = {s.addressing: s for s in stages}
+    stage = by_name.get(stage_name)
+    if stage is None:
+        raise LineageError(f"stage {stage_name!r} is not in dvc.yaml; stages: {', '.join(by_name)}")
+    rel = lambda out: os.path.relpath(out.fs_path, repo.root_dir).replace(os.sep, "/")  # noqa: E731
+    params: dict[str, dict] = {}
+    notes, deps = [], []
+    for dep in stage.deps:
+        if isinstance(dep, ParamsDependency):
             try:
-                return hash_path(repo.root_dir, path, name=name, state=repo.state, ignore=repo.dvcignore)
-            except OSError:
-                return Digest(path, None)
+                params.setdefault(dep.def_path, {}).update(dep.read_params())
+            except Exception as exc:  # a missing params file is worth a note, not a crash
+                notes.append(f"params {dep.def_path}: {exc}")
+        else:
+            deps.append((rel(dep), dep.hash_name))
+    return {"deps": deps, "outs": [(rel(out), out.hash_name) for out in stage.outs],
+            "params": params, "generated": [rel(out) for s in stages for out in s.outs], "notes": notes}
 
-        return [digest(*d) for d in plan.get("deps", [])], [digest(*o) for o in plan.get("outs", [])]
 
+class Recording(threading.Thread):
+    """One run's record in two halves.
 
-class _Preparation(threading.Thread):
-    """Work that does not depend on the command's outcome, done while the command runs: the git
-    state and the stage's definition and params as the command starts (what ran is what was there
-    at start), plus the heavy imports of DVC and DuckDB. The stage then waits only for hashing and
-    one insert."""
+    ``run`` (a background thread while the command runs) collects what does not depend on the
+    outcome: the git state, the stage's definition and params as the command starts (what ran is
+    what was there at start), environment facts, and the heavy imports of DVC and DuckDB.
+    ``finish`` (after the command) hashes the stage's artifacts as the command left them and
+    appends the record, so the stage waits only for hashing and one insert."""
 
     def __init__(self, root: Path, stage: str):
         super().__init__(name="lineage-prepare", daemon=True)
         self.root, self.stage = root, stage
         self.git: tuple[str | None, list[str] | None] = (None, None)
-        self.plan: dict | None = None
-        self.error: Exception | None = None
+        self.plan: dict = {}
+        self.notes: list[str] = []
+        self.facts: dict = {}
+        self.repo = None
 
     def run(self) -> None:
         self.git = context.git_state(self.root)
+        self.facts = {**context.host_info(), "packages": context.package_versions(),
+                      "accelerator": context.accelerator(), "prefect_flow_run_id": context.prefect_flow_run_id()}
         try:
-            self.plan = stage_plan(self.root, self.stage)
+            from dvc.repo import Repo
+
+            self.repo = Repo(str(self.root))
+            self.plan = stage_plan(self.repo, self.stage)
+            self.notes += self.plan["notes"]
             import duckdb  # noqa: F401
             from dvc_data.hashfile import build  # noqa: F401
         except Exception as exc:  # not a DVC repo, unknown stage, unreadable dvc.yaml
-            self.error = exc
+            self.notes.append(f"stage not resolved: {exc}")
+
+    def _hash(self, path: str, name: str) -> Digest:
+        # Through DVC's hash cache: `dvc repro` reuses these hashes for dvc.lock a moment later.
+        try:
+            return hash_path(self.repo.root_dir, path, name=name, state=self.repo.state, ignore=self.repo.dvcignore)
+        except OSError:
+            return Digest(path, None)
+
+    def finish(self, command: list[str], exit_code: int, started_at: datetime, ended_at: datetime) -> ledger.RunRecord:
+        try:
+            deps = [self._hash(*d) for d in self.plan.get("deps", [])]
+            outs = [self._hash(*o) for o in self.plan.get("outs", [])]
+        finally:
+            if self.repo is not None:
+                self.repo.close()
+        commit, changed = self.git
+        dirty_paths = context.code_changes(changed, self.plan.get("generated", [])) if changed is not None else []
+        record = ledger.RunRecord(
+            run_id=str(uuid.uuid4()), stage=self.stage, command=shlex.join(command),
+            status="succeeded" if exit_code == 0 else "failed", exit_code=exit_code, started_at=started_at,
+            ended_at=ended_at, params=self.plan.get("params", {}), git_commit=commit,
+            git_dirty=None if changed is None else bool(dirty_paths), dirty_paths=dirty_paths,
+            repo_root=str(self.root), note="; ".join(self.notes) or None, deps=deps, outs=outs, **self.facts)
+        ledger.append(ledger.ledger_path(self.root), record)
+        return record
 
 
 def record_run(stage: str, command: list[str], exit_code: int, started_at: datetime, ended_at: datetime,
-               root: Path, plan: dict | None = None,
-               git: tuple[str | None, list[str] | None] | None = None) -> ledger.RunRecord:
-    """Hash the stage's artifacts as the command left them and append the record.
-
-    ``plan`` (``stage_plan``) and ``git`` (``context.git_state``) are taken when the command starts;
-    read now if not given. ``plan={}`` records a run whose stage could not be resolved."""
-    notes: list[str] = []
-    if plan is None:
-        try:
-            plan = stage_plan(root, stage)
-        except Exception as exc:
-            plan, notes = {}, [f"stage not resolved: {exc}"]
-    notes += plan.get("notes", [])
-    deps, outs = hash_artifacts(root, plan) if plan.get("deps") or plan.get("outs") else ([], [])
-    commit, changed = git if git is not None else context.git_state(root)
-    dirty_paths = context.code_changes(changed, plan.get("generated", [])) if changed is not None else []
-    host = context.host_info()
-    record = ledger.RunRecord(
-        run_id=str(uuid.uuid4()), stage=stage, command=shlex.join(command),
-        status="succeeded" if exit_code == 0 else "failed", exit_code=exit_code,
-        started_at=started_at, ended_at=ended_at, params=plan.get("params", {}), git_commit=commit,
-        git_dirty=None if changed is None else bool(dirty_paths), dirty_paths=dirty_paths,
-        packages=context.package_versions(), host=host["host"], platform=host["platform"],
-        python=host["python"], accelerator=context.accelerator(),
-        prefect_flow_run_id=context.prefect_flow_run_id(), repo_root=str(root),
-        note="; ".join(notes) or None, deps=deps, outs=outs)
-    ledger.append(ledger.ledger_path(root), record)
-    return record
+               root: Path) -> ledger.RunRecord:
+    """Record a run that has already happened (both halves in the calling thread)."""
+    recording = Recording(root, stage)
+    recording.run()
+    return recording.finish(command, exit_code, started_at, ended_at)
 
 
 def run(stage: str, command: list[str], proc: subprocess.Popen | None = None,
@@ -148,16 +144,14 @@ def run(stage: str, command: list[str], proc: subprocess.Popen | None = None,
     if dvc_stage and dvc_stage != stage:
         print(f"lineage: warning: recording as {stage!r} but DVC is running stage {dvc_stage!r}",
               file=sys.stderr)
-    root = repo_root()
-    preparation = _Preparation(root, stage)
-    preparation.start()
+    recording = Recording(repo_root(), stage)
+    recording.start()
     exit_code = wait_command(proc)
     ended_at = datetime.now(timezone.utc)
     tick = time.perf_counter()
     try:
-        preparation.join()
-        plan = {"notes": [f"stage not resolved: {preparation.error}"]} if preparation.error else preparation.plan
-        record = record_run(stage, command, exit_code, started_at, ended_at, root, plan, preparation.git)
+        recording.join()
+        record = recording.finish(command, exit_code, started_at, ended_at)
         if record.note:
             print(f"lineage: {stage}: {record.note}", file=sys.stderr)
         if os.environ.get("SKINFLOW_LINEAGE_VERBOSE"):

@@ -75,9 +75,10 @@ def render_tree(audit: Audit) -> str:
     shown = f":{audit.key}" if audit.key else ""
     lines = [f"{audit.metric}{shown} = {_fmt_value(audit.value)}"]
     if audit.metric_matches_lock:
-        lines.append(f"metric file matches dvc.lock ({audit.metric_lock.md5}), written by stage {audit.stage}")
+        lines.append(f"{audit.metric_lock.path} matches dvc.lock ({audit.metric_lock.md5}), written by stage "
+                     f"{audit.stage}")
     else:
-        lines.append(f"WARNING: {audit.metric} differs from dvc.lock (workspace {audit.metric_workspace.md5}, "
+        lines.append(f"WARNING: {audit.metric_lock.path} differs from dvc.lock (workspace {audit.metric_workspace.md5}, "
                      f"dvc.lock {audit.metric_lock.md5}): this value is not the one the chain below produced")
     if audit.dirty_stages:
         lines.append("DIRTY: produced from uncommitted code (git tree dirty) in stage(s): "
@@ -154,7 +155,8 @@ def to_json(audit: Audit) -> dict[str, Any]:
                   if d.path not in audit.nodes[n].producers})
     result = {
         "metric": audit.metric, "key": audit.key, "value": audit.value,
-        "metric_file": {"md5_workspace": audit.metric_workspace.md5, "md5_dvc_lock": audit.metric_lock.md5,
+        "metric_file": {"artifact": audit.metric_lock.path, "md5_workspace": audit.metric_workspace.md5,
+                        "md5_dvc_lock": audit.metric_lock.md5,
                         "matches_dvc_lock": audit.metric_matches_lock},
         "produced_by": audit.stage, "dirty": bool(audit.dirty_stages), "dirty_stages": audit.dirty_stages,
         "unrecorded_stages": audit.unrecorded_stages, "order": audit.order, "stages": stages,

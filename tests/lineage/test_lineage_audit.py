@@ -166,8 +166,9 @@ def test_unknown_file_and_key_name_what_exists(lineage_repo):
     assert result.exit_code == 2 and "metrics/x.json, metrics/y.json" in result.output
     result = cli(lineage_repo["path"], "metrics/x.json:overall.top5.value")
     assert result.exit_code == 2 and "no key 'top5' at overall; keys there: top1" in result.output
-    with pytest.raises(LineageError, match="inside the directory output data/prep of stage prep"):
-        build_audit("data/prep/summary.json:repeat", lineage_repo["path"])
+    # a metric file inside a directory output is audited through that directory's entry
+    inside = build_audit("data/prep/summary.json:repeat", lineage_repo["path"])
+    assert (inside.value, inside.stage, inside.metric_lock.path, inside.metric_matches_lock) == (3, "prep", "data/prep", True)
     with pytest.raises(LineageError, match="metric files are JSON or YAML"):
         build_audit("data/prep/rows.csv", lineage_repo["path"])
 
