@@ -1,6 +1,6 @@
 """Facts about the environment a stage ran in, each cheap to collect (no torch or prefect import).
 
-The ``run`` wrapper must add well under a second to a stage, so the accelerator is read from the
+The ``run`` wrapper must stay cheap for every stage, so the accelerator is read from the
 NVIDIA driver's /proc entries instead of initialising CUDA, package versions come from installed
 metadata instead of imports, and the Prefect flow-run id from the environment.
 """

@@ -114,15 +114,29 @@ class Recording(threading.Thread):
             if self.repo is not None:
                 self.repo.close()
         commit, changed = self.git
-        dirty_paths = context.code_changes(changed, self.plan.get("generated", [])) if changed is not None else []
+        ledger_file = ledger.ledger_path(self.root)
+        # The ledger itself changes with every run; were it committed by mistake, it is not code either.
+        generated = [*self.plan.get("generated", []), *_inside(self.root, ledger_file, f"{ledger_file}.wal")]
+        dirty_paths = context.code_changes(changed, generated) if changed is not None else []
         record = ledger.RunRecord(
             run_id=str(uuid.uuid4()), stage=self.stage, command=shlex.join(command),
             status="succeeded" if exit_code == 0 else "failed", exit_code=exit_code, started_at=started_at,
             ended_at=ended_at, params=self.plan.get("params", {}), git_commit=commit,
             git_dirty=None if changed is None else bool(dirty_paths), dirty_paths=dirty_paths,
             repo_root=str(self.root), note="; ".join(self.notes) or None, deps=deps, outs=outs, **self.facts)
-        ledger.append(ledger.ledger_path(self.root), record)
+        ledger.append(ledger_file, record)
         return record
+
+
+def _inside(root: Path, *paths: str | os.PathLike) -> list[str]:
+    """``paths`` that lie under ``root``, relative to it."""
+    inside = []
+    for path in paths:
+        try:
+            inside.append(Path(path).resolve().relative_to(root.resolve()).as_posix())
+        except ValueError:
+            continue
+    return inside
 
 
 def record_run(stage: str, command: list[str], exit_code: int, started_at: datetime, ended_at: datetime,

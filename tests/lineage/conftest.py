@@ -11,7 +11,7 @@ from lineage_helpers import FILES, FLOW_RUN_ID, dvc, git_commit, sh
 
 @pytest.fixture(scope="module")
 def lineage_repo(tmp_path_factory) -> dict:
-    """The reproduced repository: {"path", "commit" (the code that ran), "final" (after commit)}."""
+    """The reproduced repository: {"path", "commit" (the revision the stages ran from)}."""
     repo = tmp_path_factory.mktemp("lineage") / "repo"
     repo.mkdir()
     for name, text in FILES.items():
@@ -23,8 +23,8 @@ def lineage_repo(tmp_path_factory) -> dict:
     commit = git_commit(repo, "code")
     dvc(repo, "repro", PREFECT__FLOW_RUN_ID=FLOW_RUN_ID)
     # dvc.lock, the metrics and DVC's .gitignore files join git, as in the real project.
-    final = git_commit(repo, "results")
-    return {"path": repo, "commit": commit, "final": final}
+    git_commit(repo, "results")
+    return {"path": repo, "commit": commit}
 
 
 @pytest.fixture

@@ -118,13 +118,17 @@ def test_dirty_tree_marks_the_metric(repo_copy):
     assert "DIRTY" in cli(repo_copy, METRIC).output
 
 
-def test_pipeline_bookkeeping_does_not_make_a_run_dirty(repo_copy, lineage_repo):
-    # A forced re-run rewrites dvc.lock and the git-tracked metrics (new nonce) between stages.
+def test_pipeline_bookkeeping_does_not_make_a_run_dirty(repo_copy):
+    # Even a ledger committed by mistake is not code.
+    sh(["git", "add", "--force", ".skinflow/lineage.duckdb"], repo_copy)
+    head = git_commit(repo_copy, "ledger committed by mistake")
+    # A forced re-run rewrites dvc.lock, the git-tracked metrics (new nonce) and the ledger between stages.
     dvc(repo_copy, "repro", "--force")
-    assert sh(["git", "status", "--porcelain", "--untracked-files=no"], repo_copy).stdout.strip()
+    changed = sh(["git", "status", "--porcelain", "--untracked-files=no"], repo_copy).stdout
+    assert "dvc.lock" in changed and "metrics/x.json" in changed and "lineage.duckdb" in changed
     records = ledger.runs(repo_copy / ".skinflow/lineage.duckdb", limit=3)
     assert {r.stage for r in records} == {"prep", "score@x", "score@y"}
-    assert all(r.git_dirty is False and r.git_commit == lineage_repo["final"] for r in records)
+    assert all(r.git_dirty is False and r.git_commit == head for r in records), [r.dirty_paths for r in records]
     _, doc = lineage_json(repo_copy)
     assert doc["dirty"] is False
 
