@@ -51,7 +51,7 @@ def _call_main(module: str, argv: list[str] | None) -> None:
         _fail(str(exc))
 
 
-def _run_stage(module: str, params: Path, overrides: list[str] | None, extra: list[str] = ()) -> None:
+def _run_stage(module: str, params: Path, overrides: list[str] | None, extra: tuple[str, ...] | list[str] = ()) -> None:
     argv = [*extra, "--params", str(params)]
     for item in overrides or []:
         argv += ["--set", item]
@@ -206,8 +206,9 @@ def runs(
 ) -> None:
     """List the newest runs in the lineage ledger, failed ones included."""
     from skinflow.lineage import ledger
+    from skinflow.lineage.recorder import repo_root
 
-    path = ledger_file or ledger.ledger_path(".")
+    path = ledger_file or ledger.ledger_path(repo_root(Path.cwd()))
     records = ledger.runs(path, stage, limit)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in records], indent=2, default=str))
@@ -296,8 +297,9 @@ def _prefect_api() -> tuple[str, bool]:
 
 def _ledger_line() -> str:
     from skinflow.lineage import ledger
+    from skinflow.lineage.recorder import repo_root
 
-    path = ledger.ledger_path(".")
+    path = ledger.ledger_path(repo_root(Path.cwd()))
     if not path.exists():
         return f"{path} (no runs recorded yet)"
     try:
