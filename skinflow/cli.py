@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from importlib import metadata

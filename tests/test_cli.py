@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from typer.main import get_command
 from typer.testing import CliRunner
