@@ -95,6 +95,8 @@ SECTION_MODELS: dict[str, str] = {
     "stage1_rl": "skinflow.rl.grpo:Stage1Config",
     "stage2_rl": "skinflow.rl.grpo:Stage2Config",
     "evaluate": "skinflow.eval.evaluate:EvalConfig",
+    "attention": "skinflow.eval.attention:AttentionConfig",
+    "report": "skinflow.report.inputs:ReportConfig",
 }
 
 

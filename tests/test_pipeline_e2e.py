@@ -28,6 +28,7 @@ TINY = {
                   "max_completion_length": 16, "save_steps": 1},
     "evaluate": {"limit": 8, "caption_images": 2, "n_boot": 50, "max_new_tokens": 16,
                  "caption_max_new_tokens": 32},
+    "attention": {"n_images": 2, "max_new_tokens": 16, "cell_px": 64},
 }
 
 
