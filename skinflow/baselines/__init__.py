@@ -1,0 +1,1 @@
+"""Non-generative baselines scored next to the VLM variants (same test split, same metrics)."""
