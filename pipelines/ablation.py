@@ -12,7 +12,7 @@ OUT_MD = "reports/ablation.md"
 OUT_JSON = "reports/ablation.json"
 COLUMNS = ("top1_exact", "top6_exact", "top1_grounded", "top6_grounded", "hierarchical_nine",
            "malignant_miss_at6", "format_compliance")
-ORDER = ("warmup", "stage2_only", "stage1", "stage2", "dve_stage2", "dve_only", "vision_lora")
+ORDER = ("warmup", "stage2_only", "stage1", "stage2", "dve_stage2", "dve_only", "vision_lora", "cfa", "skinvl")
 
 
 def _cell(entry: dict) -> str:

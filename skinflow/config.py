@@ -97,6 +97,7 @@ SECTION_MODELS: dict[str, str] = {
     "evaluate": "skinflow.eval.evaluate:EvalConfig",
     "attention": "skinflow.eval.attention:AttentionConfig",
     "report": "skinflow.report.inputs:ReportConfig",
+    "cfa_baseline": "skinflow.baselines.cfa:CFAConfig",
 }
 
 
