@@ -12,15 +12,17 @@ IN_CAPTIONS = "data/captions/captions.parquet"
 IN_TAXONOMY = "data/interim/taxonomy.csv"
 
 
-def run_stage(stage: str, cfg, in_dir: str, out_dir: str) -> dict:
+def run_stage(stage: str, cfg, in_dir: str, out_dir: str, metrics_prefix: str | None = None) -> dict:
+    """Train ``stage`` from ``in_dir`` into ``out_dir``; metrics go to ``<metrics_prefix>.json`` and ``_log.csv``."""
+    prefix = metrics_prefix or f"metrics/{stage}"
     summary = run_grpo(stage, in_dir, out_dir, pd.read_parquet(IN_MANIFEST),
                        pd.read_parquet(IN_CAPTIONS), pd.read_csv(IN_TAXONOMY), cfg)
     history = history_frame(summary.pop("history"))
-    write_csv(f"metrics/{stage}_log.csv", history)
+    write_csv(f"{prefix}_log.csv", history)
     if len(history) and "reward" in history:
         third = max(1, len(history) // 3)
         summary["reward_first_third"] = round(float(history["reward"].head(third).mean()), 4)
         summary["reward_last_third"] = round(float(history["reward"].tail(third).mean()), 4)
-    write_json(f"metrics/{stage}.json", summary)
+    write_json(f"{prefix}.json", summary)
     print(f"{stage}: {summary}")
     return summary

@@ -35,7 +35,11 @@ class LoraSettings(Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]  # language scope: name suffixes
+    # "vision": LoRA on the vision linears the DVE config selects (blocks x projections) instead of the language
+    # model; with match_dve_params the rank is set so LoRA adds as many parameters as the DVE would (ablation).
+    scope: Literal["language", "vision"] = "language"
+    match_dve_params: bool = False
 
 
 class RLStageConfig(Section):
@@ -117,9 +121,19 @@ def _prepare_model(model, cfg: RLStageConfig) -> tuple[object, dict]:
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout,
-                                                 target_modules=cfg.lora.target_modules))
+        from skinflow.model.lora import language_targets, matched_rank, vision_targets
+
+        rank, alpha = cfg.lora.r, cfg.lora.alpha
+        if cfg.lora.scope == "vision":
+            targets = vision_targets(model, cfg.dve)
+            if cfg.lora.match_dve_params:
+                rank, lora_params, dve_params = matched_rank(model, cfg.dve)
+                alpha = round(rank * cfg.lora.alpha / cfg.lora.r)  # keep the configured alpha / r scale
+                info["lora_matched"] = {"rank": rank, "lora_params": lora_params, "dve_added_params": dve_params}
+        else:
+            targets = language_targets(model, cfg.lora.target_modules)
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=cfg.lora.dropout,
+                                                 target_modules=targets))
     info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info["parameters"] = sum(p.numel() for p in model.parameters())
     return model, info
