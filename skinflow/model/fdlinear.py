@@ -75,7 +75,7 @@ def _band_masks(out_features: int, in_features: int, num_bands: int, device: tor
     return (band == torch.arange(num_bands, device=cpu)[:, None, None]).to(device)
 
 
-# ----------------------------------------------------------------------------------------------------------- basis cache
+# ---------------------------------------------------------------------------------------------------------- basis cache
 # Every optimizer step anywhere in the process advances this counter, and a cached basis records the value it was
 # built under. Theta's own version counter misses updates that swap storage rather than write into it (ZeRO-3 and
 # FSDP gather parameters into fresh buffers, whose address the allocator may reuse, under an unchanged version).
@@ -267,6 +267,7 @@ class FDLinear(nn.Module):
         if hit and self._basis_cache[1].is_inference() and not torch.is_inference_mode_enabled():
             hit = False  # an inference-mode tensor cannot take part in autograd
         if not hit:
+            self._basis_cache = None  # free the stale entry before building its replacement
             with torch.no_grad():
                 self._basis_cache = (key, self.band_bases().to(dtype))
         bases = self._basis_cache[1]

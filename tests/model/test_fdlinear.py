@@ -347,7 +347,7 @@ def test_config_selection_report_and_param_groups():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
-# ----------------------------------------------------------------------------------------------------------- basis cache
+# ---------------------------------------------------------------------------------------------------------- basis cache
 def _count_rebuilds(fd: FDLinear) -> list[int]:
     calls = []
     rebuild = fd.band_bases
@@ -375,7 +375,9 @@ def test_cached_bases_adjoint_passes_gradcheck():
         masks = _band_masks(o, i, 3, torch.device("cpu"))
         theta = torch.randn(o, i // 2 + 1, 2, dtype=torch.double, requires_grad=True)
         # the forward value comes from outside autograd (as from the cache); only the explicit adjoint gives gradients
-        apply = lambda t: _CachedBases.apply(t, _spectrum_to_bases(t.detach(), masks, 3, (o, i)), masks, 3)  # noqa: E731
+        def apply(t):
+            return _CachedBases.apply(t, _spectrum_to_bases(t.detach(), masks, 3, (o, i)), masks, 3)
+
         assert torch.autograd.gradcheck(apply, (theta,))
 
 
