@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "synth": {"n_images": 96, "image_size": 64},
     "ingest": {"workers": 1},
-    "warmup": {"max_steps": 4, "batch_size": 4, "eval_images": 2, "max_new_tokens": 32, "train_limit": 16},
+    "warmup": {"max_steps": 4, "batch_size": 4, "eval_images": 2, "max_new_tokens": 32, "train_limit": 16,
+               "vision_pretrain_steps": 4},
     "stage1_rl": {"max_steps": 2, "prompts_per_step": 2, "num_generations": 2, "train_limit": 8,
                   "max_completion_length": 32, "save_steps": 1},
     "stage2_rl": {"max_steps": 2, "prompts_per_step": 2, "num_generations": 2, "train_limit": 8,

@@ -89,7 +89,7 @@ def _pretrain_vision(model, processor, examples: list[dict], cfg: WarmupConfig) 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (
         1 + math.cos(math.pi * t / cfg.vision_pretrain_steps)))
     model.train()
-    losses = []
+    losses, hits = [], []
     for _ in range(cfg.vision_pretrain_steps):
         idx = torch.randint(0, len(ids), (min(cfg.batch_size, len(ids)),), generator=gen)
         rows_ = torch.cat([torch.arange(start[i], start[i + 1]) for i in idx.tolist()])
@@ -105,7 +105,9 @@ def _pretrain_vision(model, processor, examples: list[dict], cfg: WarmupConfig) 
         opt.step()
         sched.step()
         losses.append(loss.item())
-    return losses
+        hits.append((logits[:, :n_labels].argmax(-1) == y[idx, :n_labels].argmax(-1)).float().mean().item())
+    tail = max(1, len(hits) // 10)
+    return {"loss": losses, "label_accuracy_last_tenth": round(sum(hits[-tail:]) / tail, 4)}
 
 
 def _optimizer(model, cfg: WarmupConfig) -> torch.optim.Optimizer:
@@ -140,7 +142,8 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
     examples = build_examples(train, captions, taxonomy, TASKS, style)
     model, processor = load_model(base_dir)
     started = time.perf_counter()
-    pre = _pretrain_vision(model, processor, examples, cfg) if cfg.vision_pretrain_steps else []
+    pre = _pretrain_vision(model, processor, examples, cfg) if cfg.vision_pretrain_steps else {"loss": []}
+    pre_losses = pre["loss"]
     pre_seconds = time.perf_counter() - started
     # Diagnosis answers are ~20 tokens against ~140 for a caption, so with one copy each the label
     # token is ~1% of the SFT loss; extra copies are cheap (short) and give it a real share.
@@ -174,6 +177,8 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
     return {"enabled": True, "history": history, "train_examples": len(examples),
             "train_seconds": round(seconds, 2), "steps": cfg.max_steps,
             "seconds_per_step": round(seconds / cfg.max_steps, 4),
-            "vision_pretrain": {"steps": len(pre), "seconds": round(pre_seconds, 2),
-                                "loss_first": round(sum(pre[:20]) / max(1, len(pre[:20])), 4),
-                                "loss_last": round(sum(pre[-20:]) / max(1, len(pre[-20:])), 4)} if pre else None}
+            "vision_pretrain": {"steps": len(pre_losses), "seconds": round(pre_seconds, 2),
+                                "loss_first": round(sum(pre_losses[:20]) / max(1, len(pre_losses[:20])), 4),
+                                "loss_last": round(sum(pre_losses[-20:]) / max(1, len(pre_losses[-20:])), 4),
+                                "train_label_accuracy": pre.get("label_accuracy_last_tenth")}
+            if pre_losses else None}
