@@ -160,9 +160,12 @@ def main() -> None:
     ap.add_argument("--images", default="1,2,4")
     ap.add_argument("--repeats", type=int, default=8, help="no-grad forwards per generation-style call")
     ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     shapes = SMOKE_SHAPES if args.smoke else FULL_SHAPES

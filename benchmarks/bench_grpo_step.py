@@ -1,7 +1,9 @@
 """GRPO step cost on a Qwen2.5-VL-7B-shaped model (random weights): rollout vs training throughput, memory, MFU.
 
-    python benchmarks/bench_grpo_step.py --smoke     # CPU: same code path, 2+2 layers at 1/8 width (~1 min)
-    python benchmarks/bench_grpo_step.py             # GPU: the real 7B dimensions in bf16 (~8.3B parameters)
+    python benchmarks/bench_grpo_step.py --smoke     # CPU: same code path, 2+2 layers at 1/8 width (minutes)
+    python benchmarks/bench_grpo_step.py             # GPU: the real 7B dimensions in bf16 (8.29B parameters)
+    python benchmarks/bench_grpo_step.py --keep /tmp/ws --variants dve-on_lora   # one variant per call, reusing
+                                                                                 # the data and model in /tmp/ws
 
 Each variant (DVE off/on x full fine-tuning/LoRA) runs the project's own GRPO runner, `skinflow.rl.grpo.run_grpo`,
 in a fresh subprocess (clean peak-memory counters) for `--steps` optimizer steps on a tiny SkinSynth dataset; step 0 is
@@ -9,14 +11,16 @@ a warm-up and the rest are averaged. Timers wrap TRL's GRPOTrainer methods from 
   generate  = `_generate_single_turn` (HF `generate` on the training model: the rollouts), completion tokens counted
               after TRL's EOS masking;
   rollout   = `_prepare_inputs` (generate + rewards + old/reference log-probs);
-  train     = `training_step` - rollout (the policy forward + backward), tokens = non-padding prompt + completion
-              tokens the loss forward reads (image pad tokens included);
+  train     = `training_step` - rollout (the policy forward + backward; forward = `compute_loss`), tokens =
+              non-padding prompt + completion tokens the loss forward reads (image pad tokens included);
   step      = callback on_step_begin -> on_step_end (adds the optimizer step).
 MFU (GPU only) is against PEAK_FLOPS["cuda"] = 989 TFLOP/s (H100 SXM dense bf16) with the usual approximations:
 training 6 * N * tokens (forward 2N + backward 4N per token), generation 2 * N * completion tokens, N = all model
 parameters. They ignore attention's sequence-length term and the vision tower running on patches rather than text
 tokens, and for LoRA the backward skips the frozen weights' gradients (closer to 4N), so LoRA MFU is overstated.
-Step MFU = 6 * N * training tokens / step time, the quantity `skinflow.rl.grpo.ThroughputCallback` aims to log.
+Step MFU = 6 * N * training tokens / step time. `skinflow.rl.grpo.ThroughputCallback`'s own tokens/s and MFU (from
+TRL's token counter) are recorded next to these as a cross-check. With LoRA, PEFT freezes everything but the adapters,
+DVE's FDLinear parameters included: compare `trainable_parameters` of the DVE-on and DVE-off LoRA rows.
 
 Model: the public Qwen2.5-VL-7B dimensions (text 3584 hidden, 28 layers, 28/4 heads, 18944 MLP, vocab 152064; vision
 1280 hidden, 32 blocks, 3420 MLP, 16 heads, full attention in blocks 7/15/23/31, merger out 3584). The tokenizer,
@@ -24,7 +28,8 @@ processor and chat template come from `skinflow.model.base.build_tiny` (its BPE 
 vocabulary, which changes nothing about the cost). Built directly on the device in the run dtype (bf16 on CUDA), so
 the 7B build needs no 33 GB fp32 copy. GPU notes: full fine-tuning with beta > 0 holds policy, reference model, grads
 and AdamW states (~83 GB in bf16) and is expected to run out of memory on an 80 GB card (use --beta 0 or an H200);
-such a variant is recorded as failed, the others still run. The GPU mode has not been run yet.
+such a variant is recorded as failed, the others still run. The model is built in its own subprocess as well, so the
+parent never holds GPU memory. The GPU mode has not been run yet.
 Writes benchmarks/results/grpo_step_<device>[_smoke].json.
 """
 
@@ -130,7 +135,7 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.steps: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-        self.peak: dict[str, float] = {}
+        self.extra: dict[str, float] = {}  # peak memory, ThroughputCallback values
 
 
 REC = _Recorder()
@@ -178,10 +183,10 @@ def _install_timers() -> None:
             _sync()
             REC.steps[state.global_step - 1]["step_s"] += time.perf_counter() - self.t0
             # peak over the training steps, before the final save/merge
-            REC.peak["cpu_max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            REC.extra["cpu_max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             if torch.cuda.is_available():
-                REC.peak["gpu_max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                REC.peak["gpu_max_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+                REC.extra["gpu_max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                REC.extra["gpu_max_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
 
     init = GRPOTrainer.__init__
 
@@ -203,7 +208,7 @@ def _install_timers() -> None:
         on_log(self, args, state, control, logs=logs, **kwargs)
         for key in ("tokens_per_second", "mfu"):
             if logs and key in logs:
-                REC.peak[f"throughput_callback_{key}"] = logs[key]
+                REC.extra[f"throughput_callback_{key}"] = logs[key]
 
     ThroughputCallback.on_log = on_log_recorded
     GRPOTrainer._generate_single_turn = _timed("generate", _generation_counts)(GRPOTrainer._generate_single_turn)
@@ -248,8 +253,10 @@ def run_variant(spec: dict) -> dict:
     row = {
         "name": spec["name"], "dve": spec["dve"], "lora": spec["lora"], "parameters": n,
         "trainable_parameters": summary["trainable_parameters"], "steps_measured": len(measured),
-        "step_s": mean("step_s"), "rollout_s": mean("rollout_s"), "generate_s": mean("generate_s"),
-        "train_s": train_s, "optimizer_s": mean("step_s") - mean("training_step_s"),
+        "step_s": mean("step_s"), "step_s_each": [round(REC.steps[s]["step_s"], 3) for s in steps],
+        "rollout_s": mean("rollout_s"), "generate_s": mean("generate_s"),
+        "train_s": train_s, "train_forward_s": mean("loss_forward_s"),
+        "train_backward_s": train_s - mean("loss_forward_s"), "optimizer_s": mean("step_s") - mean("training_step_s"),
         "completion_tokens_per_step": mean("completion_tokens"), "prompt_tokens_per_step": mean("prompt_tokens"),
         "train_tokens_per_step": mean("train_tokens"),
         "generation_tokens_per_s": mean("completion_tokens") / mean("generate_s"),
@@ -257,7 +264,7 @@ def run_variant(spec: dict) -> dict:
         "wall_s_including_load_and_save": wall,
         # TRL's own step timer (training_step only, no optimizer step) as a cross-check of the clock above
         "trl_step_time_s": next((h["step_time"] for h in reversed(summary["history"]) if "step_time" in h), None),
-        **REC.peak,
+        **REC.extra,
     }
     if peak:
         row["mfu_train"] = 6 * n * row["training_tokens_per_s"] / peak
@@ -268,16 +275,46 @@ def run_variant(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------- driver
 def _launch(spec: dict, timeout: int) -> dict:
+    """Run one task in a fresh interpreter: the parent never holds model memory (or a CUDA context) itself."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"failed": f"timeout after {timeout} s", "log_tail": str(exc.stdout or "")[-1500:]}
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         tail = (proc.stdout + proc.stderr)[-1500:]
         oom = "out of memory" in tail.lower()
-        return {"name": spec["name"], "dve": spec["dve"], "lora": spec["lora"],
-                "failed": "out of memory" if oom else f"exit {proc.returncode}", "log_tail": tail}
+        return {"failed": "out of memory" if oom else f"exit {proc.returncode}", "log_tail": tail}
     return json.loads(line.removeprefix("RESULT "))
+
+
+def _worker(spec: dict) -> dict:
+    if spec["task"] == "build":
+        return build_model(Path(spec["workspace"]) / "model", spec["shape"], spec["image_size"], spec["labels"])
+    return run_variant(spec)
+
+
+def prepare_workspace(root: Path, shape: dict, image_size: int, timeout: int) -> dict:
+    """Data and model under `root`; reused when `root` already holds a build of the same shape and image size."""
+    import pandas as pd
+
+    marker = root / "workspace.json"
+    wanted = {"shape": shape, "image_size": image_size}
+    if marker.exists():
+        built = json.loads(marker.read_text())
+        if {k: built.get(k) for k in wanted} == wanted:
+            print(f"reusing the workspace at {root}", flush=True)
+            return built["model"]
+    build_data(root)
+    labels = sorted(pd.read_csv(root / "taxonomy.csv")["label"])
+    info = _launch({"task": "build", "workspace": str(root), "shape": shape, "image_size": image_size,
+                    "labels": labels}, timeout)
+    if "failed" in info:
+        raise SystemExit(f"building the model failed ({info['failed']}):\n{info['log_tail']}")
+    marker.write_text(json.dumps({**wanted, "model": info}, indent=2))
+    return info
 
 
 def _fmt(v, spec: str = ".2f") -> str:
@@ -298,14 +335,13 @@ def main() -> None:
     ap.add_argument("--no-gradient-checkpointing", action="store_true")
     ap.add_argument("--variants", default="all", help="comma list of names like dve-off_full,dve-on_lora")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per variant")
-    ap.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temp dir)")
+    ap.add_argument("--keep", type=Path, help="build the workspace here and keep it for later runs, which reuse it "
+                                              "(default: a temp dir, removed); e.g. one variant per call")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(run_variant(json.loads(args.worker))), flush=True)
+        print("RESULT " + json.dumps(_worker(json.loads(args.worker))), flush=True)
         return
-
-    import pandas as pd
 
     from skinflow.rl.grpo import PEAK_FLOPS
 
@@ -314,11 +350,9 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_grpo_"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    build_data(root)
-    model_info = build_model(root / "model", shape, args.image_size or (112 if args.smoke else 448),
-                             sorted(pd.read_csv(root / "taxonomy.csv")["label"]))
+    model_info = prepare_workspace(root, shape, args.image_size or (112 if args.smoke else 448), args.timeout)
     print(f"device={device} dtype={dtype} threads={torch.get_num_threads()} model {model_info['parameters']:,} "
-          f"parameters ({model_info['vision_parameters']:,} vision); workspace built in "
+          f"parameters ({model_info['vision_parameters']:,} vision); workspace ready in "
           f"{time.perf_counter() - t0:.0f} s at {root}", flush=True)
     common = {"workspace": str(root), "stage": args.stage, "steps": args.steps, "beta": args.beta,
               "prompts": args.prompts or (2 if args.smoke else 4),
@@ -330,7 +364,7 @@ def main() -> None:
         name = f"dve-{'on' if v['dve'] else 'off'}_{'lora' if v['lora'] else 'full'}"
         if args.variants != "all" and name not in args.variants.split(","):
             continue
-        row = _launch({**common, **v, "name": name}, args.timeout)
+        row = {"name": name, **v, **_launch({**common, **v, "name": name, "task": "variant"}, args.timeout)}
         rows.append(row)
         if "failed" in row:
             print(f"{name:>13}: FAILED ({row['failed']})\n{row['log_tail'][-600:]}", flush=True)
@@ -353,6 +387,13 @@ def main() -> None:
             **model_info, **{k: v for k, v in common.items() if k != "workspace"},
             "peak_flops": PEAK_FLOPS["cuda"] if device == "cuda" else None,
             "loadavg_after": os.getloadavg()}  # 1/5/15-minute load: other jobs on a shared machine
+    if out.exists() and args.variants != "all":  # a partial run (one variant per call) adds to a matching file
+        previous = json.loads(out.read_text())
+        same = {k: previous["meta"].get(k) for k in common if k != "workspace"} == \
+            {k: v for k, v in common.items() if k != "workspace"} and previous["meta"].get("shape") == shape \
+            and previous["meta"].get("threads") == torch.get_num_threads()
+        if same:
+            rows = [r for r in previous["results"] if r["name"] not in {r["name"] for r in rows}] + rows
     out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     ok = {r["name"]: r for r in rows if "failed" not in r}
     if "dve-off_full" in ok and "dve-on_full" in ok:

@@ -115,7 +115,7 @@ def run_stages(stages: list[str], cwd: Path, label: str) -> list[dict]:
     for stage in stages:
         r = measure([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd)
         ran = r["ran"]
-        print(f"  [{label}] {stage:<18} {r['wall_s']:8.1f} s  cpu {r['cpu_s']:8.1f} s  peak RSS "
+        print(f"  [{label}] {stage:<24} {r['wall_s']:8.1f} s  cpu {r['cpu_s']:8.1f} s  peak RSS "
               f"{r['max_rss_mib']:7.0f} MiB  {'ran' if ran else 'up to date'}", flush=True)
         if r["returncode"] != 0:
             raise SystemExit(f"stage {stage} failed ({label}):\n{r['output_tail']}")
