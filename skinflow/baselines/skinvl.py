@@ -264,7 +264,7 @@ def train_skinvl(start_dir: str, out_dir: str, images: list, answers: list[str],
         logging_steps=cfg.logging_steps, save_strategy="no", report_to="none", seed=cfg.seed,
         data_seed=cfg.seed, use_cpu=not torch.cuda.is_available(), bf16=False,
         dataloader_num_workers=0, disable_tqdm=True, completion_only_loss=True,
-        gradient_checkpointing=False,  # TRL's default; it only costs time at tiny sizes
+        gradient_checkpointing=False,  # TRL turns it on by default; at tiny sizes it only costs time
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(images, answers),
                          processing_class=processor)
@@ -294,8 +294,10 @@ def train_skinvl(start_dir: str, out_dir: str, images: list, answers: list[str],
 # ---- the three evaluations -----------------------------------------------------------------------
 
 
-def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig, progress: bool = False) -> dict:
-    """(a) description text metrics, (b) zero-shot classification, (c) linear probe, with wall times."""
+def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig,
+                     progress: bool = False) -> tuple[dict, np.ndarray]:
+    """(a) description text metrics, (b) zero-shot classification, (c) linear probe, with wall times;
+    also returns the probe's test features."""
     from skinflow.model.base import load_model
     from skinflow.model.generation import generate_texts
 
@@ -323,8 +325,7 @@ def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig, progress: bo
                          cfg.probe_c_grid, cfg.probe_folds, cfg.seed, cfg.probe_max_iter)
     seconds["linear_probe"] = round(time.perf_counter() - started, 2)
     return {"vqa": vqa, "zero_shot": zero_shot, "linear_probe": probe, "seconds": seconds,
-            "samples": {"description": answers[:3], "zero_shot": replies[:3]},
-            "_features": test_x}
+            "samples": {"description": answers[:3], "zero_shot": replies[:3]}}, test_x
 
 
 def eval_data(manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataFrame, cfg: SkinVLConfig) -> dict:
@@ -345,6 +346,12 @@ def eval_data(manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataF
         "probe_train_images": _images(train), "probe_train_labels": list(train["label"]),
         "probe_test_images": _images(test), "probe_test_labels": list(test["label"]),
     }
+
+
+def _weights_md5(model_dir: str) -> str:
+    from skinflow.io import md5_file
+
+    return "-".join(md5_file(w) for w in sorted(Path(model_dir).glob("*.safetensors")))
 
 
 HEADLINE = {"vqa": ("bleu1", "bleu4", "rouge_l", "token_recall", "meteor", "bertscore_f1"),
@@ -372,14 +379,18 @@ def run_skinvl(out_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame, tax
         raise ValueError("no training image has a reference caption")
     data = eval_data(manifest, captions, taxonomy, cfg)
 
-    base = evaluate_variant(cfg.start_model, data, cfg, progress)
+    start_weights = _weights_md5(cfg.start_model)  # the start model may be rebuilt by its own stage
+    base, base_x = evaluate_variant(cfg.start_model, data, cfg, progress)
     training = train_skinvl(cfg.start_model, out_dir, _images(train),
                             [summaries[i] for i in train["image_id"]], cfg)
-    tuned = evaluate_variant(out_dir, data, cfg, progress)  # reloaded from disk: the saved model is what is scored
+    tuned, tuned_x = evaluate_variant(out_dir, data, cfg, progress)  # reloaded: the saved model is scored
+    if _weights_md5(cfg.start_model) != start_weights:
+        raise RuntimeError(f"{cfg.start_model} changed during the run; run the stage again")
     # With the vision tower frozen the probe features must not move; record how far they did.
-    drift = float(np.abs(base.pop("_features") - tuned.pop("_features")).max())
+    drift = float(np.abs(base_x - tuned_x).max())
     return {
-        "recipe": cfg.model_dump(), "start_model": cfg.start_model, "model_dir": out_dir,
+        "recipe": cfg.model_dump(), "start_model": cfg.start_model, "start_model_weights_md5": start_weights,
+        "model_dir": out_dir,
         "train": training, "base": base, "skinvl": tuned, "delta": _delta(base, tuned),
         "probe_feature_max_abs_change": drift, "wall_seconds": round(time.perf_counter() - wall, 2),
     }
