@@ -96,6 +96,10 @@ class ThroughputCallback(TrainerCallback):
             logs["tokens_per_second"] = round(rate, 2)
             if torch.cuda.is_available():
                 logs["mfu"] = round(6 * self.n_params * rate / PEAK_FLOPS["cuda"], 5)
+            # Trainer.log stores a copy of the logs before callbacks run: update the stored line too,
+            # or the per-step CSV (built from log_history) never sees these columns.
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update({k: logs[k] for k in ("tokens_per_second", "mfu") if k in logs})
         self._last = (now, tokens)
 
 
@@ -134,6 +138,12 @@ def _prepare_model(model, cfg: RLStageConfig) -> tuple[object, dict]:
             targets = language_targets(model, cfg.lora.target_modules)
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=cfg.lora.dropout,
                                                  target_modules=targets))
+        if cfg.dve.enabled:  # peft freezes everything but the adapters; the DVE is trained either way
+            from skinflow.model.fdlinear import FDLinear
+
+            for module in model.modules():
+                if isinstance(module, FDLinear):
+                    module.requires_grad_(True)
     info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info["parameters"] = sum(p.numel() for p in model.parameters())
     return model, info

@@ -65,3 +65,12 @@ def test_language_scope_leaves_the_vision_tower_alone(model):
     peft_model, _ = _prepare_model(model, cfg)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and not any(".visual." in n for n in trainable)
+
+
+def test_language_lora_keeps_the_dve_trainable(model):
+    cfg = Stage2Config(dve=DVEConfig(enabled=True), lora=LoraSettings(enabled=True, target_modules=["q_proj"]))
+    peft_model, _ = _prepare_model(model, cfg)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any(".visual." in n and "spectrum" in n for n in trainable)
+    assert any(".visual." in n and ".head." in n for n in trainable)
+    assert any("lora_" in n for n in trainable)
