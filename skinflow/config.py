@@ -98,6 +98,7 @@ SECTION_MODELS: dict[str, str] = {
     "attention": "skinflow.eval.attention:AttentionConfig",
     "report": "skinflow.report.inputs:ReportConfig",
     "cfa_baseline": "skinflow.baselines.cfa:CFAConfig",
+    "skinvl_baseline": "skinflow.baselines.skinvl:SkinVLConfig",
 }
 
 
