@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from typing import Literal
+
 from pydantic import Field
 
 from skinflow.config import Section
@@ -42,6 +44,9 @@ class WarmupConfig(Section):
     diagnosis_repeat: int = Field(1, ge=1)      # copies of each diagnosis example in the SFT set
     vision_pretrain_steps: int = Field(0, ge=0)  # supervised vision warm start before SFT (0 = off)
     vision_pretrain_lr: float = Field(5e-4, gt=0)
+    # How the throwaway head pools the image tokens: mean/max/min statistics, or learned attention queries
+    # (the way the decoder itself reads the image: a query scoring each token, softmax, weighted sum).
+    vision_pretrain_pooling: Literal["stats", "attention"] = "stats"
 
 
 def _sft_dataset(examples: list[dict]):
@@ -51,6 +56,30 @@ def _sft_dataset(examples: list[dict]):
         "images": ex["images"], "prompt": ex["prompt"],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": ex["target"]}]}],
     } for ex in examples])
+
+
+class _StatsPool(torch.nn.Module):
+    def width(self, dim: int) -> int:
+        return 3 * dim
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tokens.mean(0), tokens.amax(0), tokens.amin(0)])
+
+
+class _AttentionPool(torch.nn.Module):
+    """Learned queries over RMS-normalised tokens, as a decoder attention head would read them."""
+
+    def __init__(self, dim: int, queries: int = 4):
+        super().__init__()
+        self.norm = torch.nn.RMSNorm(dim)
+        self.queries = torch.nn.Parameter(torch.randn(queries, dim) * dim**-0.5)
+
+    def width(self, dim: int) -> int:
+        return self.queries.shape[0] * dim
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.queries @ self.norm(tokens).T * tokens.shape[-1] ** -0.5, dim=-1)
+        return (weights @ tokens).flatten()
 
 
 def _pretrain_vision(model, processor, examples: list[dict], cfg: WarmupConfig) -> list[float]:
@@ -83,8 +112,11 @@ def _pretrain_vision(model, processor, examples: list[dict], cfg: WarmupConfig) 
     start = torch.cat([torch.zeros(1, dtype=torch.long), grid.prod(-1).cumsum(0)])
     vis = model.model.visual
     dim = vis.merger.mlp[-1].out_features
-    head = torch.nn.Sequential(torch.nn.LayerNorm(3 * dim), torch.nn.Linear(3 * dim, len(names)))
-    opt = torch.optim.AdamW([*vis.parameters(), *head.parameters()], lr=cfg.vision_pretrain_lr, weight_decay=0.0)
+    pool = _AttentionPool(dim) if cfg.vision_pretrain_pooling == "attention" else _StatsPool()
+    width = pool.width(dim)
+    head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, len(names)))
+    opt = torch.optim.AdamW([*vis.parameters(), *pool.parameters(), *head.parameters()],
+                            lr=cfg.vision_pretrain_lr, weight_decay=0.0)
     warm = max(1, math.ceil(cfg.warmup_ratio * cfg.vision_pretrain_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (
         1 + math.cos(math.pi * t / cfg.vision_pretrain_steps)))
@@ -94,7 +126,7 @@ def _pretrain_vision(model, processor, examples: list[dict], cfg: WarmupConfig) 
         idx = torch.randint(0, len(ids), (min(cfg.batch_size, len(ids)),), generator=gen)
         rows_ = torch.cat([torch.arange(start[i], start[i + 1]) for i in idx.tolist()])
         merged = vis(pix["pixel_values"][rows_], grid_thw=grid[idx]).pooler_output
-        pooled = torch.stack([torch.cat([t.mean(0), t.amax(0), t.amin(0)]) for t in
+        pooled = torch.stack([pool(t) for t in
                               torch.split(merged, (grid[idx].prod(-1) // vis.spatial_merge_size**2).tolist())])
         logits = head(pooled)
         loss = torch.nn.functional.cross_entropy(logits[:, :n_labels], y[idx, :n_labels].argmax(-1))
