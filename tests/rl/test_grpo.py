@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,18 @@ DRIVER = textwrap.dedent("""
     import json, sys
     import pandas as pd
     from skinflow.rl.grpo import Stage2Config, run_grpo
-    root, out, work = sys.argv[1:4]
+    root, out, work, hold = sys.argv[1:5]
+    if hold == "hold":
+        # The run to be killed blocks right after its first checkpoint is complete, so the kill
+        # lands at a known point however fast the machine is (a timing race otherwise).
+        import time, transformers
+        save = transformers.Trainer._save_checkpoint
+        def save_then_hold(self, *args, **kwargs):
+            save(self, *args, **kwargs)
+            if self.state.global_step == 2:
+                print("HOLDING", flush=True)
+                time.sleep(3600)
+        transformers.Trainer._save_checkpoint = save_then_hold
     cfg = Stage2Config(max_steps=4, save_steps=2, prompts_per_step=2, num_generations=2, train_limit=8,
                        max_completion_length=12, work_dir=work, seed=3)
     summary = run_grpo("stage2", f"{root}/base", out, pd.read_parquet(f"{root}/manifest.parquet"),
@@ -62,10 +72,10 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def _start(workspace: Path, name: str) -> subprocess.Popen:
+def _start(workspace: Path, name: str, hold: bool = False) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(workspace), str(workspace / name / "out"),
-                             str(workspace / name / "work")], stdout=subprocess.PIPE,
+                             str(workspace / name / "work"), "hold" if hold else "run"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 
 
@@ -89,13 +99,12 @@ def test_same_seed_same_weights_and_resume_after_kill(workspace):
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a), "same seed must give identical weights"
 
-    killed = _start(workspace, "c")
-    checkpoint = workspace / "c/work/stage2/checkpoint-2"
-    deadline = time.time() + 600
-    while not (checkpoint / "trainer_state.json").exists():
-        assert killed.poll() is None, "run ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.2)
+    killed = _start(workspace, "c", hold=True)
+    for line in killed.stdout:  # blocks until the run holds after checkpoint-2 (or ends)
+        if line.startswith("HOLDING"):
+            break
+    assert killed.poll() is None, "run ended before its first checkpoint"
+    assert (workspace / "c/work/stage2/checkpoint-2/trainer_state.json").exists()
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not (workspace / "c/out").exists(), "a killed run must not leave a finished-looking output"
