@@ -7,7 +7,7 @@ Thin by design: the stage list, the runner and the metric table live in
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
 from skinflow.orchestration.checkout import CheckoutBusy, checkout_lock, record_dvc_lock
@@ -27,7 +27,9 @@ def _retry_unless_busy(task, task_run, state) -> bool:
 
 @task(retry_delay_seconds=30, retry_condition_fn=_retry_unless_busy, tags=["dvc-stage"])
 def dvc_stage(name: str, repo_dir: str) -> str:
-    run_stage(name, repo_dir, log=get_run_logger().info)
+    # The stage runs in a `dvc repro` subprocess: hand it the flow-run id for its lineage record.
+    run_stage(name, repo_dir, log=get_run_logger().info,
+              extra_env={"PREFECT__FLOW_RUN_ID": str(runtime.flow_run.id or "")})
     return name
 
 

@@ -145,3 +145,21 @@ def test_dvc_lock_held_elsewhere_is_not_retried(toy_repo, harness):
     assert elapsed < 25  # retry_delay_seconds is 30: a retry would show
     [task_run] = _task_runs(state.state_details.flow_run_id)
     assert task_run.run_count == 1 and task_run.state.is_failed()
+
+
+def test_stage_subprocess_sees_the_flow_run_id(tmp_path, harness):
+    """The lineage record of a stage run under Prefect names its flow run (the stage is a subprocess)."""
+    from flows.pipeline import pipeline
+
+    (tmp_path / "dvc.yaml").write_text(textwrap.dedent("""
+        stages:
+          whoami:
+            cmd: python -c "import os, pathlib; pathlib.Path('id.txt').write_text(os.environ.get('PREFECT__FLOW_RUN_ID', ''))"
+            outs: [id.txt]
+    """))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    state = pipeline(str(tmp_path), return_state=True)
+    assert state.is_completed()
+    assert (tmp_path / "id.txt").read_text() == str(state.state_details.flow_run_id)
