@@ -110,6 +110,28 @@ def _dataset(examples: list[dict]):
                                "reference_caption": ex["reference_caption"]} for ex in examples])
 
 
+def align_reference(trainer) -> bool:
+    """Make TRL's KL reference the starting policy itself.
+
+    TRL rebuilds the reference with a plain ``from_pretrained`` on the policy's path. For a DVE model
+    (a Stage II run starting from a DVE Stage I, or Stage I after conversion) that is a vision tower
+    without FDLinear: the stored spectra are dropped and the dense linears re-initialised, so the KL
+    term compared the policy with a model that sees a different image (measured: KL 0.08 at step 1
+    instead of ~0, and Stage II reward falling over training). Returns whether the reference changed."""
+    from skinflow.model.fdlinear import FDLinear, convert_vision_tower, stored_dve_config
+
+    ref = trainer.ref_model
+    dve = stored_dve_config(trainer.model.config)
+    if ref is None or dve is None:
+        return False
+    if not any(isinstance(m, FDLinear) for m in ref.modules()):  # its config may say DVE; its modules don't
+        convert_vision_tower(ref, dve)
+    ref.load_state_dict(trainer.model.state_dict(), strict=True)  # policy weights before any update
+    ref.requires_grad_(False)
+    ref.eval()
+    return True
+
+
 def _prepare_model(model, cfg: RLStageConfig) -> tuple[object, dict]:
     """Apply DVE conversion, vision freezing and LoRA as configured; returns (model, info)."""
     from skinflow.model.fdlinear import convert_vision_tower, stored_dve_config
@@ -198,6 +220,7 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, optimizers=optimizers,
                           train_dataset=_dataset(examples), processing_class=processor)
     trainer.add_callback(ThroughputCallback(info["parameters"]))
+    info["reference_aligned"] = align_reference(trainer)
     resume = latest_complete_checkpoint(work)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

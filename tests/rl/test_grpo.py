@@ -139,3 +139,37 @@ def test_one_grpo_step_on_a_7b_shaped_model_in_bf16(workspace, tmp_path):
                        pd.read_csv(workspace / "taxonomy.csv"), cfg)
     assert summary["parameters"] > 7e9 and torch.cuda.max_memory_allocated() > 0
     assert (tmp_path / "out" / "config.json").exists()
+
+
+
+def test_kl_reference_of_a_dve_model_is_the_starting_policy(workspace, tmp_path):
+    """TRL rebuilds the reference with plain from_pretrained on the policy's path, which drops FDLinear
+    (spectra ignored, dense linears re-initialised); align_reference restores the DVE architecture and
+    the starting weights, so reference and policy see the same image."""
+    from types import SimpleNamespace
+
+    import torch
+    from trl.trainer.utils import create_model_from_path
+
+    from skinflow.model.base import load_model
+    from skinflow.model.fdlinear import DVEConfig, FDLinear, convert_vision_tower
+    from skinflow.rl.grpo import align_reference
+
+    model, processor = load_model(workspace / "base")
+    convert_vision_tower(model, DVEConfig(enabled=True))
+    model.save_pretrained(tmp_path / "dve", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "dve")
+    policy, _ = load_model(tmp_path / "dve")
+    reference = create_model_from_path(str(tmp_path / "dve"), dtype=torch.float32)  # what TRL does
+    assert not any(isinstance(m, FDLinear) for m in reference.modules())
+
+    pixels = processor.image_processor(images=[torch.rand(3, 56, 56)], return_tensors="pt", do_rescale=False)
+    def image_features(m):
+        with torch.no_grad():
+            return m.model.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
+
+    assert not torch.allclose(image_features(reference), image_features(policy), atol=1e-4)
+    assert align_reference(SimpleNamespace(model=policy, ref_model=reference))
+    assert any(isinstance(m, FDLinear) for m in reference.modules())
+    torch.testing.assert_close(image_features(reference), image_features(policy))
+    assert not any(p.requires_grad for p in reference.parameters())
