@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
 from skinflow.orchestration.checkout import CheckoutBusy, checkout_lock, record_dvc_lock
-from skinflow.orchestration.dvc_stages import is_gpu_stage, metrics_table, run_stage, stage_order
+from skinflow.orchestration.dvc_stages import is_gpu_stage, metrics_table, run_stage, stage_order, stage_runner
 
 
 def _retry_unless_busy(task, task_run, state) -> bool:
@@ -25,11 +25,14 @@ def _retry_unless_busy(task, task_run, state) -> bool:
     return True
 
 
+def _lineage_env() -> dict[str, str]:
+    # Stages run in DVC subprocesses: hand them the flow-run id for their lineage records.
+    return {"PREFECT__FLOW_RUN_ID": str(runtime.flow_run.id or "")}
+
+
 @task(retry_delay_seconds=30, retry_condition_fn=_retry_unless_busy, tags=["dvc-stage"])
 def dvc_stage(name: str, repo_dir: str) -> str:
-    # The stage runs in a `dvc repro` subprocess: hand it the flow-run id for its lineage record.
-    run_stage(name, repo_dir, log=get_run_logger().info,
-              extra_env={"PREFECT__FLOW_RUN_ID": str(runtime.flow_run.id or "")})
+    run_stage(name, repo_dir, log=get_run_logger().info, extra_env=_lineage_env())
     return name
 
 
@@ -43,7 +46,7 @@ def pipeline(repo_dir: str = ".", only: list[str] | None = None, gpu: bool | Non
     already in use (another flow run or ``dvc repro``) fails it at once with CheckoutBusy.
     After every stage succeeded, dvc.lock is attached as an artifact (and committed to git, alone,
     if ``commit_lock``)."""
-    with checkout_lock(repo_dir):
+    with checkout_lock(repo_dir), stage_runner(repo_dir, extra_env=_lineage_env()):
         done = []
         for name in stage_order(repo_dir):
             if (only and name not in only) or (gpu is not None and is_gpu_stage(name) != gpu):

@@ -1,7 +1,9 @@
 """DVC stages as units of work: the order comes from dvc.yaml's DAG, DVC decides what is stale.
 
-An orchestrator (the Prefect flow in ``flows/``) runs each stage with ``dvc repro --single-item``,
+An orchestrator (the Prefect flow in ``flows/``) runs each stage as ``dvc repro --single-item`` would,
 so DVC keeps checking hashes and writing ``dvc.lock``; no second hand-written stage list exists.
+Inside :func:`stage_runner` the stages go to one warm DVC process (``dvc_worker``) instead of a new
+``dvc`` process each; outside it (or if that process dies) each stage gets its own ``dvc repro``.
 A stage that loses the race for the checkout's DVC locks raises :class:`CheckoutBusy` (not
 :class:`StageFailed`), so retry policies can tell "wait for the other run" from a transient failure.
 """
@@ -11,10 +13,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from skinflow.orchestration.checkout import CheckoutBusy, dvc_lock_error
+from skinflow.orchestration.dvc_worker import DvcWorker, WorkerGone, worker_key
+
+_WORKERS: dict[str, DvcWorker] = {}
 
 # Stages that want an accelerator when one is available (routed to the `gpu` work pool).
 GPU_STAGE_PREFIXES = ("stage1_rl", "stage2_rl", "evaluate@")
@@ -41,15 +47,45 @@ class StageFailed(RuntimeError):
         self.stage, self.returncode = stage, returncode
 
 
-def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str], None] = print,
-              extra_env: dict[str, str] | None = None) -> None:
-    """``dvc repro --single-item <name>``, streaming its output line by line to ``log``.
-
-    Raises :class:`CheckoutBusy` if another DVC process holds the checkout, else
-    :class:`StageFailed` on a non-zero exit."""
+def _stage_env(extra_env: dict[str, str] | None) -> dict[str, str]:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@contextmanager
+def stage_runner(repo_dir: str | os.PathLike = ".", extra_env: dict[str, str] | None = None) -> Iterator[None]:
+    """Within this block, :func:`run_stage` on ``repo_dir`` uses one warm DVC worker process."""
+    key = worker_key(repo_dir)
+    worker = DvcWorker(repo_dir, _stage_env(extra_env))
+    _WORKERS[key] = worker
+    try:
+        yield
+    finally:
+        _WORKERS.pop(key, None)
+        worker.close()
+
+
+def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str], None] = print,
+              extra_env: dict[str, str] | None = None) -> None:
+    """Reproduce one stage (``dvc repro --single-item <name>``), streaming its output to ``log``.
+
+    Raises :class:`CheckoutBusy` if another DVC process holds the checkout, else
+    :class:`StageFailed` on a non-zero exit."""
+    worker = _WORKERS.get(worker_key(repo_dir))
+    if worker is not None and worker.alive():
+        try:
+            status, code, tail = worker.run(name, log)
+        except WorkerGone as exc:  # e.g. killed mid-stage: this attempt fails, a retry runs standalone
+            _WORKERS.pop(worker_key(repo_dir), None)
+            raise StageFailed(name, -1, str(exc)) from exc
+        if status == "busy" or (status != "ok" and dvc_lock_error("\n".join(tail))):
+            raise CheckoutBusy(repo_dir, "dvc process", f"stage {name}: " + "\n".join(tail[-8:]))
+        if status != "ok":
+            raise StageFailed(name, code, "\n".join(tail))
+        return
+    env = _stage_env(extra_env)
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name],
                             cwd=repo_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)

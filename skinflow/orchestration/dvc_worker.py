@@ -1,0 +1,124 @@
+"""One warm DVC process per flow run: stages are reproduced one at a time, on request.
+
+``dvc repro --single-item <stage>`` per stage pays for a Python start, DVC's imports and a fresh
+``Repo`` every time (~1 s a stage; 27 stages made the Prefect flow 1.3x a plain ``dvc repro`` of the
+tiny pipeline). The worker keeps one process and one ``Repo`` for the whole flow run and calls the same
+``Repo.reproduce(stage, single_item=True)`` the CLI calls, so DVC still decides what is stale and
+writes ``dvc.lock``. DVC drops its cached index around every locked call, so reusing the ``Repo`` sees
+what earlier stages wrote, and the repo lock is taken per stage exactly as with the CLI.
+
+Protocol (text lines): the client writes a stage name; the worker streams that stage's output (DVC's
+messages and the stage command's own stdout/stderr, which inherit the worker's) and ends it with
+``SENTINEL <status> <exit code>``, status ``ok`` | ``failed`` | ``busy`` (another process holds the
+DVC lock).
+
+    python -m skinflow.orchestration.dvc_worker      # reads stage names on stdin
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Callable
+
+SENTINEL = "@@skinflow-dvc-worker"
+
+
+def serve(repo_dir: str = ".") -> None:
+    """The worker loop (runs in the child process)."""
+    from dvc.lock import LockError
+    from dvc.logger import setup
+    from dvc.repo import Repo
+
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    setup()
+    with Repo(repo_dir) as repo:
+        for line in sys.stdin:
+            name = line.strip()
+            if not name:
+                continue
+            status, code = "ok", 0
+            try:
+                repo.reproduce(name, single_item=True)
+            except LockError as exc:
+                print(f"ERROR: {exc}", file=sys.stderr)
+                status, code = "busy", 1
+            except Exception as exc:  # noqa: BLE001 - reported to the client, the worker lives on
+                cause = exc.__cause__ or exc.__context__
+                print(f"ERROR: {exc}" + (f"\n{cause}" if cause else ""), file=sys.stderr)
+                if os.environ.get("SKINFLOW_WORKER_TRACEBACK"):
+                    traceback.print_exc()
+                status, code = "failed", 1
+            sys.stderr.flush()
+            print(f"{SENTINEL} {status} {code}", flush=True)
+
+
+class WorkerGone(RuntimeError):
+    """The worker process ended before finishing a stage (killed, crashed)."""
+
+
+class DvcWorker:
+    """Client side: ``with DvcWorker(repo) as w: w.run("ingest", log)``; one stage at a time."""
+
+    def __init__(self, repo_dir: str | os.PathLike, env: dict[str, str]):
+        self.repo_dir = str(repo_dir)
+        self.proc = subprocess.Popen([sys.executable, "-m", "skinflow.orchestration.dvc_worker"],
+                                     cwd=self.repo_dir, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self._lock = threading.Lock()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, name: str, log: Callable[[str], None]) -> tuple[str, int, list[str]]:
+        """(status, exit code, last output lines) of one stage; raises WorkerGone if the process died."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        tail: list[str] = []
+        with self._lock:
+            try:
+                self.proc.stdin.write(name + "\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                raise WorkerGone(f"dvc worker exited (code {self.proc.poll()})") from exc
+            for line in self.proc.stdout:
+                line = line.rstrip()
+                if line.startswith(SENTINEL):
+                    _, status, code = line.split()
+                    return status, int(code), tail
+                if line:
+                    log(line)
+                    tail = (tail + [line])[-40:]
+        raise WorkerGone(f"dvc worker exited (code {self.proc.wait()}) during stage {name}:\n" + "\n".join(tail))
+
+    def close(self) -> None:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> "DvcWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def worker_key(repo_dir: str | os.PathLike) -> str:
+    return str(Path(repo_dir).resolve())
+
+
+if __name__ == "__main__":
+    serve(".")
