@@ -87,8 +87,9 @@ def git_commit_all(repo: Path) -> None:
         subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
 
 
-def tiny_copy(dest: Path) -> Path:
-    """Tracked files without data, metrics, models or dvc.lock; params shrunk to the tiny run."""
+def tiny_copy(dest: Path, tiny: bool = True) -> Path:
+    """Tracked files without data, metrics, models or dvc.lock; params shrunk to the tiny run
+    (``tiny=False``: the embedded default's own params.yaml, a full-size run)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     for name in filter(None, files.decode().split("\0")):
         source = REPO / name
@@ -96,7 +97,7 @@ def tiny_copy(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    for section, values in tiny_params().items():
+    for section, values in (tiny_params() if tiny else {}).items():
         if section in params:
             params[section].update(values)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -206,12 +207,14 @@ def main() -> None:
     parser.add_argument("--noop-repeats", type=int, default=7, help="no-op repro timings of each side (a)")
     parser.add_argument("--overhead-repeats", type=int, default=5, help="flow vs dvc runs on the dummy DAG")
     parser.add_argument("--out", default="benchmarks/results/orchestration.json")
+    parser.add_argument("--default-params", action="store_true",
+                        help="the embedded default's params (full-size run) instead of the tiny override")
     args = parser.parse_args()
     load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         tmp = Path(tmp)
-        template = tiny_copy(tmp / "template")
+        template = tiny_copy(tmp / "template", tiny=not args.default_params)
         with local_prefect_server(tmp / "prefect-home") as url:
             flow_env = {**server_env(tmp / "prefect-home"), "PREFECT_API_URL": url, "PYTHONPATH": str(template)}
             times, built = from_clean(template, tmp / "real", flow_env, args.repeats, keep_first=True)
@@ -232,7 +235,7 @@ def main() -> None:
     median = {k: statistics.median(v) for k, v in seconds.items()}
     result = {
         "benchmark": "orchestration overhead: Prefect flow vs dvc repro; no-op dvc repro real vs dummy DAG",
-        "stages": n_stages,
+        "stages": n_stages, "params": "embedded default" if args.default_params else "tiny override",
         "repeats": args.repeats, "noop_repeats": args.noop_repeats, "overhead_repeats": args.overhead_repeats,
         "statistic": "median",
         "seconds": {k: [round(t, 3) for t in v] for k, v in seconds.items()},
@@ -244,7 +247,8 @@ def main() -> None:
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": f"nice python benchmarks/bench_orchestration.py --repeats {args.repeats} "
-                   f"--noop-repeats {args.noop_repeats} --overhead-repeats {args.overhead_repeats}",
+                   f"--noop-repeats {args.noop_repeats} --overhead-repeats {args.overhead_repeats}"
+                   + (" --default-params" if args.default_params else ""),
     }
     write_json(args.out, result)
     print(f"(b) from clean, {n_stages} stages: dvc repro {median['dvc_repro']:.1f} s | Prefect flow "

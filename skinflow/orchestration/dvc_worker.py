@@ -17,6 +17,7 @@ DVC lock).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def serve(repo_dir: str = ".") -> None:
 
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
-    setup()
+    if not logging.getLogger("dvc").handlers:  # importing dvc may already have set it up: no doubled lines
+        setup()
     with Repo(repo_dir) as repo:
         for line in sys.stdin:
             name = line.strip()
