@@ -79,21 +79,9 @@ def _device_dtype() -> tuple[str, torch.dtype]:
 # ----------------------------------------------------------------------------------------------------------- workspace
 def build_data(root: Path) -> None:
     """A tiny SkinSynth run through the real ingest/validate/caption code (as tests/rl/test_grpo.py does)."""
-    from skinflow.captions.stage import CaptionStageConfig, run_captions
-    from skinflow.data.ingest import IngestConfig, ingest
-    from skinflow.data.skinsynth import SynthConfig, generate
-    from skinflow.data.validation import ValidateConfig, validate
+    from skinflow.data.corpus import captioned_skinsynth
 
-    generate(root / "synth", SynthConfig.tiny())
-    rows, taxonomy, _ = ingest(IngestConfig(csv=str(root / "synth/fitzpatrick17k.csv"),
-                                            image_root=str(root / "synth/images"),
-                                            taxonomy=str(root / "synth/taxonomy.csv"), workers=1))
-    manifest, _, _ = validate(rows, taxonomy, ValidateConfig(min_side=16))
-    captions, _, _ = run_captions(manifest, CaptionStageConfig(
-        attributes=str(root / "synth/attributes.parquet"), progress_dir=str(root / "progress")))
-    manifest.to_parquet(root / "manifest.parquet")
-    captions.to_parquet(root / "captions.parquet")
-    taxonomy.to_csv(root / "taxonomy.csv", index=False)
+    captioned_skinsynth(root)
 
 
 def build_model(out: Path, shape: dict, image_size: int, labels: list[str]) -> dict:

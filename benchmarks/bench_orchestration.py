@@ -90,19 +90,9 @@ def git_commit_all(repo: Path) -> None:
 def tiny_copy(dest: Path, tiny: bool = True) -> Path:
     """Tracked files without data, metrics, models or dvc.lock; params shrunk to the tiny run
     (``tiny=False``: the embedded default's own params.yaml, a full-size run)."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        source = REPO / name
-        if source.is_file() and not name.startswith(("data/", "metrics/", "models/")) and name != "dvc.lock":
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    for section, values in (tiny_params() if tiny else {}).items():
-        if section in params:
-            params[section].update(values)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git_commit_all(dest)
-    return dest
+    from skinflow.orchestration.checkout import clean_copy
+
+    return clean_copy(REPO, dest, tiny_params() if tiny else None)
 
 
 def resolved_stages(repo: Path) -> dict[str, dict]:

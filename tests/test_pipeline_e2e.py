@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,21 +42,9 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        source = REPO / name
-        if source.is_file() and not name.startswith(("data/", "metrics/", "models/")) and name != "dvc.lock":
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    for section, values in TINY.items():
-        if section in params:
-            params[section].update(values)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], dest)
-    _run(["git", "-c", "user.email=ci@localhost", "-c", "user.name=ci", "add", "-A"], dest)
-    _run(["git", "-c", "user.email=ci@localhost", "-c", "user.name=ci", "commit", "-qm", "copy"], dest)
+    from skinflow.orchestration.checkout import clean_copy
+
+    dest = clean_copy(REPO, tmp_path_factory.mktemp("repo"), TINY)
     _run([sys.executable, "-m", "dvc", "repro"], dest)
     return dest
 

@@ -96,3 +96,30 @@ def record_dvc_lock(repo_dir: str | os.PathLike = ".", commit: bool = False,
             _git(repo_dir, "commit", "-q", "-m", message, "--only", "--", "dvc.lock")
             sha = _git(repo_dir, "rev-parse", "HEAD")
     return LockRecord(hashlib.sha256(data).hexdigest(), data.decode(), sha)
+
+
+def clean_copy(source: str | os.PathLike, dest: str | os.PathLike,
+               params_override: dict[str, dict] | None = None) -> Path:
+    """A fresh git repo at ``dest`` with ``source``'s tracked files, minus every pipeline product
+    (``data/``, ``metrics/``, ``models/``, ``dvc.lock``) — what a new clone runs from — and with
+    ``params_override`` merged into params.yaml section by section (e.g. the tiny run)."""
+    import shutil
+
+    import yaml
+
+    source, dest = Path(source), Path(dest)
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=source, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (source / name).is_file() and not name.startswith(("data/", "metrics/", "models/")) and name != "dvc.lock":
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, dest / name)
+    if params_override:
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        for section, values in params_override.items():
+            if section in params:
+                params[section].update(values)
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    identity = ["-c", "user.email=ci@localhost", "-c", "user.name=ci"]
+    for cmd in (["git", "init", "-q"], ["git", *identity, "add", "-A"], ["git", *identity, "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import threading
-import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -53,8 +52,6 @@ def serve(repo_dir: str = ".") -> None:
             except Exception as exc:  # noqa: BLE001 - reported to the client, the worker lives on
                 cause = exc.__cause__ or exc.__context__
                 print(f"ERROR: {exc}" + (f"\n{cause}" if cause else ""), file=sys.stderr)
-                if os.environ.get("SKINFLOW_WORKER_TRACEBACK"):
-                    traceback.print_exc()
                 status, code = "failed", 1
             sys.stderr.flush()
             print(f"{SENTINEL} {status} {code}", flush=True)
@@ -65,7 +62,7 @@ class WorkerGone(RuntimeError):
 
 
 class DvcWorker:
-    """Client side: ``with DvcWorker(repo) as w: w.run("ingest", log)``; one stage at a time."""
+    """Client side: ``w = DvcWorker(repo, env); w.run("ingest", log); w.close()``; one stage at a time."""
 
     def __init__(self, repo_dir: str | os.PathLike, env: dict[str, str]):
         self.repo_dir = str(repo_dir)
@@ -110,12 +107,6 @@ class DvcWorker:
             self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
-
-    def __enter__(self) -> "DvcWorker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def worker_key(repo_dir: str | os.PathLike) -> str:

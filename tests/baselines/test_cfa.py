@@ -246,14 +246,14 @@ def test_clip_encoder_features_are_cached_and_separable(tmp_path):
 
 def test_stage_end_to_end_on_a_tiny_qwen_tower(tmp_path, monkeypatch):
     from pipelines.cfa_baseline import main
-    from skinflow.model.base import BaseModelConfig, TinyVLConfig, build_tiny
+    from micro_model import micro_vl_config
+    from skinflow.model.base import BaseModelConfig, build_tiny
 
     rows = _write_images(tmp_path / "data")
     (tmp_path / "data/interim").mkdir(parents=True)
     rows.to_parquet(tmp_path / "data/manifest.parquet")
     TAXONOMY.to_csv(tmp_path / "data/interim/taxonomy.csv", index=False)
-    tiny = TinyVLConfig(text_hidden=48, text_intermediate=96, vision_hidden=32, vision_intermediate=64,
-                        vision_depth=2, vision_heads=2, text_heads=2, text_kv_heads=1)
+    tiny = micro_vl_config()
     build_tiny(tmp_path / "models/base", BaseModelConfig(tiny=tiny, min_pixels=56 * 56, max_pixels=56 * 56),
                list(TAXONOMY["label"]))
     params = tmp_path / "params.yaml"

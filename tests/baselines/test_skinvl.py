@@ -132,24 +132,15 @@ def test_linear_probe_folds_shrink_to_the_smallest_class_and_refuse_singletons()
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Tiny SkinSynth (four conditions, so every class has train images) + a tiny random base."""
-    from skinflow.captions.stage import CaptionStageConfig, run_captions
-    from skinflow.data.ingest import IngestConfig, ingest
-    from skinflow.data.skinsynth import SynthConfig, generate
-    from skinflow.data.validation import ValidateConfig, validate
-    from skinflow.model.base import BaseModelConfig, TinyVLConfig, build_tiny
+    from skinflow.data.corpus import captioned_skinsynth
+    from skinflow.data.skinsynth import SynthConfig
+    from micro_model import micro_vl_config
+    from skinflow.model.base import BaseModelConfig, build_tiny
 
     root = tmp_path_factory.mktemp("skinvl")
-    generate(root / "synth", SynthConfig.tiny(n_images=48, conditions=["acne vulgaris", "eczema",
-                                                                        "psoriasis", "melanoma"]))
-    rows, taxonomy, _ = ingest(IngestConfig(csv=str(root / "synth/fitzpatrick17k.csv"),
-                                            image_root=str(root / "synth/images"),
-                                            taxonomy=str(root / "synth/taxonomy.csv"), workers=1))
-    manifest, _, _ = validate(rows, taxonomy, ValidateConfig(min_side=16))
-    captions, _, _ = run_captions(manifest, CaptionStageConfig(
-        attributes=str(root / "synth/attributes.parquet"), progress_dir=str(root / "progress")))
-    tiny = TinyVLConfig(text_hidden=48, text_intermediate=96, vision_hidden=32, vision_intermediate=64,
-                        vision_depth=2, vision_heads=2, text_heads=2, text_kv_heads=1)
-    build_tiny(root / "base", BaseModelConfig(tiny=tiny, min_pixels=56 * 56, max_pixels=56 * 56),
+    manifest, captions, taxonomy = captioned_skinsynth(root, SynthConfig.tiny(
+        n_images=48, conditions=["acne vulgaris", "eczema", "psoriasis", "melanoma"]))
+    build_tiny(root / "base", BaseModelConfig(tiny=micro_vl_config(), min_pixels=56 * 56, max_pixels=56 * 56),
                sorted(taxonomy["label"]))
     return root, manifest, captions, taxonomy
 

@@ -124,11 +124,11 @@ LABELS = ["melanoma", "nevocytic nevus", "psoriasis"]
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from skinflow.model.base import BaseModelConfig, TinyVLConfig, build_tiny
+    from micro_model import micro_vl_config
+    from skinflow.model.base import BaseModelConfig, build_tiny
 
     root = tmp_path_factory.mktemp("tiny_attention")
-    tiny = TinyVLConfig(text_hidden=48, text_intermediate=96, vision_hidden=32, vision_intermediate=64,
-                        vision_depth=2, vision_heads=2, text_heads=2, text_kv_heads=1, text_layers=2)
+    tiny = micro_vl_config(text_layers=2)
     build_tiny(root / "model", BaseModelConfig(tiny=tiny, min_pixels=112 * 112, max_pixels=112 * 112), LABELS)
     return root / "model"
 

@@ -48,26 +48,13 @@ DRIVER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    from skinflow.captions.stage import CaptionStageConfig, run_captions
-    from skinflow.data.ingest import IngestConfig, ingest
-    from skinflow.data.skinsynth import SynthConfig, generate
-    from skinflow.data.validation import ValidateConfig, validate
-    from skinflow.model.base import BaseModelConfig, TinyVLConfig, build_tiny
+    from skinflow.data.corpus import captioned_skinsynth
+    from micro_model import micro_vl_config
+    from skinflow.model.base import BaseModelConfig, build_tiny
 
     root = tmp_path_factory.mktemp("grpo")
-    generate(root / "synth", SynthConfig.tiny())
-    rows, taxonomy, _ = ingest(IngestConfig(csv=str(root / "synth/fitzpatrick17k.csv"),
-                                            image_root=str(root / "synth/images"),
-                                            taxonomy=str(root / "synth/taxonomy.csv"), workers=1))
-    manifest, _, _ = validate(rows, taxonomy, ValidateConfig(min_side=16))
-    captions, _, _ = run_captions(manifest, CaptionStageConfig(
-        attributes=str(root / "synth/attributes.parquet"), progress_dir=str(root / "progress")))
-    manifest.to_parquet(root / "manifest.parquet")
-    captions.to_parquet(root / "captions.parquet")
-    taxonomy.to_csv(root / "taxonomy.csv", index=False)
-    tiny = TinyVLConfig(text_hidden=48, text_intermediate=96, vision_hidden=32, vision_intermediate=64,
-                        vision_depth=2, vision_heads=2, text_heads=2, text_kv_heads=1)
-    build_tiny(root / "base", BaseModelConfig(tiny=tiny, min_pixels=56 * 56, max_pixels=56 * 56),
+    _, _, taxonomy = captioned_skinsynth(root)
+    build_tiny(root / "base", BaseModelConfig(tiny=micro_vl_config(), min_pixels=56 * 56, max_pixels=56 * 56),
                sorted(taxonomy["label"]))
     return root
 
