@@ -30,7 +30,9 @@ def _lineage_env() -> dict[str, str]:
     return {"PREFECT__FLOW_RUN_ID": str(runtime.flow_run.id or "")}
 
 
-@task(retry_delay_seconds=30, retry_condition_fn=_retry_unless_busy, tags=["dvc-stage"])
+# No task tags: any tag makes Prefect acquire a tag-concurrency slot through the API before every
+# run (measured: up to ~2 s a task), and one flow run per checkout already serialises the stages.
+@task(retry_delay_seconds=30, retry_condition_fn=_retry_unless_busy)
 def dvc_stage(name: str, repo_dir: str) -> str:
     run_stage(name, repo_dir, log=get_run_logger().info, extra_env=_lineage_env())
     return name

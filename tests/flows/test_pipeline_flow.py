@@ -54,6 +54,13 @@ def test_gpu_routing_names():
     assert is_gpu_stage("stage1_rl") and is_gpu_stage("evaluate@stage2") and not is_gpu_stage("ingest")
 
 
+def test_stage_task_has_no_tags():
+    """A tagged task acquires a tag-concurrency slot through the API before every run (~2 s stalls)."""
+    from flows.pipeline import dvc_stage
+
+    assert not dvc_stage.tags
+
+
 def test_flow_runs_each_stage_as_a_task_and_reruns_nothing(toy_repo, harness):
     from prefect.client.orchestration import get_client
 
