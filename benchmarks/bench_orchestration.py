@@ -3,7 +3,8 @@
     nice python benchmarks/bench_orchestration.py [--repeats 3] [--noop-repeats 7]
 
 Everything runs in throwaway copies of the repository (tracked files, no data/metrics/models, no
-dvc.lock) with the tiny parameter override of the end-to-end test; the checkout itself is untouched.
+dvc.lock) with the tiny overlay configs/params-tiny.yaml, as the end-to-end test; the checkout itself
+is untouched.
 
 (b) From clean, each side in its own fresh copy: plain `dvc repro` vs the Prefect flow
     (`python -m flows.pipeline`, one task per stage) reporting to a local Prefect server started
@@ -42,16 +43,6 @@ from skinflow.orchestration.local_server import local_prefect_server, server_env
 
 
 
-def tiny_params() -> dict[str, dict]:
-    """The end-to-end test's tiny parameter override (read from it, so the two never drift)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pipeline_e2e", REPO / "tests" / "test_pipeline_e2e.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TINY
-
-
 GIT_ID = ["-c", "user.email=bench@localhost", "-c", "user.name=bench"]
 DUMMY_SCRIPT = '''"""Write a few bytes to each output of one stage (paths from dummy_outs.json)."""
 import json, pathlib, sys
@@ -88,11 +79,11 @@ def git_commit_all(repo: Path) -> None:
 
 
 def tiny_copy(dest: Path, tiny: bool = True) -> Path:
-    """Tracked files without data, metrics, models or dvc.lock; params shrunk to the tiny run
+    """Tracked files without data, metrics, models or dvc.lock; params with the tiny overlay
     (``tiny=False``: the embedded default's own params.yaml, a full-size run)."""
     from skinflow.orchestration.checkout import clean_copy
 
-    return clean_copy(REPO, dest, tiny_params() if tiny else None)
+    return clean_copy(REPO, dest, "configs/params-tiny.yaml" if tiny else None)
 
 
 def resolved_stages(repo: Path) -> dict[str, dict]:
@@ -198,7 +189,7 @@ def main() -> None:
     parser.add_argument("--overhead-repeats", type=int, default=5, help="flow vs dvc runs on the dummy DAG")
     parser.add_argument("--out", default="benchmarks/results/orchestration.json")
     parser.add_argument("--default-params", action="store_true",
-                        help="the embedded default's params (full-size run) instead of the tiny override")
+                        help="the embedded default's params (full-size run) instead of the tiny overlay")
     args = parser.parse_args()
     load_before = os.getloadavg()
 
@@ -225,7 +216,7 @@ def main() -> None:
     median = {k: statistics.median(v) for k, v in seconds.items()}
     result = {
         "benchmark": "orchestration overhead: Prefect flow vs dvc repro; no-op dvc repro real vs dummy DAG",
-        "stages": n_stages, "params": "embedded default" if args.default_params else "tiny override",
+        "stages": n_stages, "params": "embedded default" if args.default_params else "tiny overlay",
         "repeats": args.repeats, "noop_repeats": args.noop_repeats, "overhead_repeats": args.overhead_repeats,
         "statistic": "median",
         "seconds": {k: [round(t, 3) for t in v] for k, v in seconds.items()},

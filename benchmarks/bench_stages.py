@@ -1,6 +1,6 @@
 """Wall time, CPU time and peak memory of every DVC stage, end to end, in a throwaway copy of the repository.
 
-    python benchmarks/bench_stages.py --tiny          # tests/test_pipeline_e2e.py's tiny overrides (minutes)
+    python benchmarks/bench_stages.py --tiny          # configs/params-tiny.yaml overlay (minutes)
     python benchmarks/bench_stages.py                 # shipped params.yaml (tens of minutes on 2 cores)
     python benchmarks/bench_stages.py --tiny --source worktree   # uncommitted edits included
 
@@ -25,7 +25,6 @@ Writes benchmarks/results/stages[_tiny].json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -41,6 +40,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from skinflow.config import overlay_params, read_params  # noqa: E402
 EXCLUDED_DIRS = ("data/", "metrics/", "models/")
 
 # Run one command, then print the rusage of everything it spawned (this process exists only for that command).
@@ -57,11 +59,8 @@ json.dump({"returncode": proc.returncode, "wall_s": wall, "cpu_s": r.ru_utime + 
 
 
 def tiny_overrides() -> dict:
-    """The e2e test's overrides, read from the test itself so the two cannot drift apart."""
-    spec = importlib.util.spec_from_file_location("pipeline_e2e", REPO / "tests/test_pipeline_e2e.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TINY
+    """The tiny overlay the end-to-end test uses too (configs/params-tiny.yaml)."""
+    return read_params(REPO / "configs/params-tiny.yaml")
 
 
 def _tracked_files(source: str) -> dict[str, bytes]:
@@ -82,10 +81,7 @@ def make_copy(dest: Path, source: str, overrides: dict | None) -> None:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (dest / name).write_bytes(data)
     if overrides:
-        params = yaml.safe_load((dest / "params.yaml").read_text())
-        for section, values in overrides.items():
-            if section in params:
-                params[section].update(values)
+        params = overlay_params(read_params(dest / "params.yaml"), overrides)
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench"]
     for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "benchmark copy"]):

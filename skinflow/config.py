@@ -55,6 +55,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return result
 
 
+def overlay_params(params: dict[str, Any], overlay: dict[str, Any] | str | Path) -> dict[str, Any]:
+    """``params`` with an overlay (a dict or a file such as ``configs/params-tiny.yaml``) merged in:
+    each overlay key replaces that key of its section. A section params.yaml lacks is an error."""
+    if not isinstance(overlay, dict):
+        overlay = read_params(overlay)
+    result = _deep_copy(params)
+    for section, values in overlay.items():
+        if section not in result:
+            raise ConfigError(f"overlay section {section!r} is not a section of the params file")
+        if not isinstance(values, dict):
+            raise ConfigError(f"overlay section {section!r} is not a mapping")
+        result[section] = {**(result[section] or {}), **_deep_copy(values)}
+    return result
+
+
 def load_section(
     name: str,
     model: type[S],

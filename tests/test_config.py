@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from skinflow.config import (
-    SECTION_MODELS, ConfigError, Section, apply_overrides, load_section, read_params, section_model,
+    SECTION_MODELS, ConfigError, Section, apply_overrides, load_section, overlay_params, read_params, section_model,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +155,29 @@ def test_repo_params_section_loads(section):
     for key, value in written.items():
         if not isinstance(value, dict):
             assert dumped[key] == value, (section, key)
+
+
+SHIPPED_OVERLAYS = sorted((REPO / "configs").glob("params-*.yaml"))
+
+
+@pytest.mark.parametrize("overlay", SHIPPED_OVERLAYS, ids=lambda p: p.name)
+def test_shipped_overlay_loads_under_every_section_model(overlay, tmp_path):
+    merged = overlay_params(read_params(PARAMS), overlay)
+    path = write_params(tmp_path, merged)
+    for section in read_params(overlay):
+        cfg = load_section(section, section_model(section), path)
+        for key, value in read_params(overlay)[section].items():
+            assert getattr(cfg, key) == value or isinstance(value, dict), (overlay.name, section, key)
+
+
+def test_overlay_replaces_keys_and_names_unknown_sections():
+    params = {"a": {"x": 1, "y": {"z": 2}}, "b": {"k": 0}}
+    merged = overlay_params(params, {"a": {"y": {"w": 3}}})
+    assert merged == {"a": {"x": 1, "y": {"w": 3}}, "b": {"k": 0}} and params["a"]["y"] == {"z": 2}
+    with pytest.raises(ConfigError, match="'c' is not a section"):
+        overlay_params(params, {"c": {"x": 1}})
+    with pytest.raises(ConfigError, match="'a' is not a mapping"):
+        overlay_params(params, {"a": 3})
 
 
 def test_repo_params_has_the_data_sections():

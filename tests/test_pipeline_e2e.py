@@ -17,19 +17,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "synth": {"n_images": 96, "image_size": 64},
-    "ingest": {"workers": 1},
-    "warmup": {"max_steps": 4, "batch_size": 4, "eval_images": 2, "max_new_tokens": 32, "train_limit": 16,
-               "vision_pretrain_steps": 4},
-    "stage1_rl": {"max_steps": 2, "prompts_per_step": 2, "num_generations": 2, "train_limit": 8,
-                  "max_completion_length": 32, "save_steps": 1},
-    "stage2_rl": {"max_steps": 2, "prompts_per_step": 2, "num_generations": 2, "train_limit": 8,
-                  "max_completion_length": 16, "save_steps": 1},
-    "evaluate": {"limit": 8, "caption_images": 2, "n_boot": 50, "max_new_tokens": 16,
-                 "caption_max_new_tokens": 32},
-    "attention": {"n_images": 2, "max_new_tokens": 16, "cell_px": 64},
-}
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -44,7 +31,7 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def repo_copy(tmp_path_factory) -> Path:
     from skinflow.orchestration.checkout import clean_copy
 
-    dest = clean_copy(REPO, tmp_path_factory.mktemp("repo"), TINY)
+    dest = clean_copy(REPO, tmp_path_factory.mktemp("repo"), "configs/params-tiny.yaml")
     _run([sys.executable, "-m", "dvc", "repro"], dest)
     return dest
 

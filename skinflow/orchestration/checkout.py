@@ -99,13 +99,16 @@ def record_dvc_lock(repo_dir: str | os.PathLike = ".", commit: bool = False,
 
 
 def clean_copy(source: str | os.PathLike, dest: str | os.PathLike,
-               params_override: dict[str, dict] | None = None) -> Path:
+               params_overlay: str | os.PathLike | None = None) -> Path:
     """A fresh git repo at ``dest`` with ``source``'s tracked files, minus every pipeline product
     (``data/``, ``metrics/``, ``models/``, ``dvc.lock``) — what a new clone runs from — and with
-    ``params_override`` merged into params.yaml section by section (e.g. the tiny run)."""
+    the ``params_overlay`` file (relative to ``source``, e.g. ``configs/params-tiny.yaml``) merged
+    into params.yaml."""
     import shutil
 
     import yaml
+
+    from skinflow.config import overlay_params, read_params
 
     source, dest = Path(source), Path(dest)
     files = subprocess.run(["git", "ls-files", "-z"], cwd=source, capture_output=True, check=True).stdout
@@ -113,11 +116,8 @@ def clean_copy(source: str | os.PathLike, dest: str | os.PathLike,
         if (source / name).is_file() and not name.startswith(("data/", "metrics/", "models/")) and name != "dvc.lock":
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, dest / name)
-    if params_override:
-        params = yaml.safe_load((dest / "params.yaml").read_text())
-        for section, values in params_override.items():
-            if section in params:
-                params[section].update(values)
+    if params_overlay:
+        params = overlay_params(read_params(dest / "params.yaml"), source / params_overlay)
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     identity = ["-c", "user.email=ci@localhost", "-c", "user.name=ci"]
     for cmd in (["git", "init", "-q"], ["git", *identity, "add", "-A"], ["git", *identity, "commit", "-qm", "copy"]):
