@@ -1,0 +1,39 @@
+"""dvc.yaml resolves under params.yaml and under every shipped overlay (real data sets paths to null)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from skinflow.config import overlay_params, read_params
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS = [None, *sorted((REPO / "configs").glob("params-*.yaml"))]
+
+
+def _stage_deps(repo: Path) -> dict[str, list[str]]:
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return {stage.name: [str(dep.def_path) for dep in stage.deps] for stage in dvc_repo.index.stages}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name if p else "params.yaml")
+def test_dag_resolves(overlay, tmp_path):
+    shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = read_params(REPO / "params.yaml")
+    if overlay is not None:
+        params = overlay_params(params, overlay)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
+    deps = _stage_deps(tmp_path)
+    assert {"synth", "ingest", "caption", "warmup", "stage1_rl", "stage2_rl"} <= set(deps)
+    for stage, paths in deps.items():
+        assert not any(p in ("None", "null", "") for p in paths), f"{stage} has a null dependency: {paths}"
+    csv = read_params(overlay).get("ingest", {}).get("csv") if overlay is not None else None
+    if csv:
+        assert csv in deps["ingest"], "the overlay's data is a dependency of ingest"
