@@ -190,9 +190,15 @@ def ham10000(csv: str | os.PathLike, image_root: str | os.PathLike, encoding: st
 
 
 def generic(csv: str | os.PathLike | None, image_root: str | os.PathLike, encoding: str = "utf-8"):
-    """A CSV with ``path,label`` (optional Fitzpatrick columns), or an ImageFolder ``root/<label>/<file>``."""
+    """A CSV with ``path,label`` (optional Fitzpatrick columns), or an ImageFolder ``root/<label>/<file>``
+    when ``csv`` is null or names the image root itself (the form dvc.yaml can take as a dependency)."""
     root = Path(image_root)
     notes: list[str] = []
+    if csv and Path(csv).is_dir():
+        if Path(csv).resolve() != root.resolve():
+            raise IngestError(f"csv {csv} is a directory but not the image root {root}: for an "
+                              "ImageFolder set csv to the image root (or null)")
+        csv = None
     if csv:
         table, notes = read_table(csv, encoding)
         table = require_columns(table, ("path", "label"), csv, notes)

@@ -741,15 +741,25 @@ def test_validate_accepts_sources_without_url(tmp_path):
     assert report["accepted"] == 1
 
 
-def test_generic_imagefolder_same_file_name_in_two_classes(tmp_path):
+@pytest.mark.parametrize("csv_is_root", [False, True], ids=["csv-null", "csv-names-the-root"])
+def test_generic_imagefolder_same_file_name_in_two_classes(tmp_path, csv_is_root):
     images = tmp_path / "images"
     for i, label in enumerate(["psoriasis", "melanoma"]):
         (images / label).mkdir(parents=True)
         (images / label / "0001.jpg").write_bytes(jpeg_bytes(100 + i))
-    cfg = IngestConfig(source="generic", csv=None, image_root=str(images),
+    cfg = IngestConfig(source="generic", csv=str(images) if csv_is_root else None, image_root=str(images),
                        taxonomy=str(write_taxonomy(tmp_path / "taxonomy.csv")), workers=1)
     result = run(cfg)
     assert result.report["accepted"] == 2, result.quarantine[["rel_path", "reason", "detail"]]
+
+
+def test_generic_csv_naming_another_directory_is_an_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    cfg = IngestConfig(source="generic", csv=str(tmp_path / "elsewhere"), image_root=str(tmp_path / "images"),
+                       taxonomy=str(write_taxonomy(tmp_path / "taxonomy.csv")), workers=1)
+    with pytest.raises(IngestError, match="not the image root"):
+        run(cfg)
 
 
 # --------------------------------------------------------------------------- HAM10000 / ISIC

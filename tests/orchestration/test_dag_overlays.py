@@ -21,8 +21,7 @@ def _stage_deps(repo: Path) -> dict[str, list[str]]:
         return {stage.name: [str(dep.def_path) for dep in stage.deps] for stage in dvc_repo.index.stages}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name if p else "params.yaml")
-def test_dag_resolves(overlay, tmp_path):
+def _resolve(tmp_path: Path, overlay) -> dict[str, list[str]]:
     shutil.copy2(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     params = read_params(REPO / "params.yaml")
     if overlay is not None:
@@ -30,7 +29,18 @@ def test_dag_resolves(overlay, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / ".dvc").mkdir()
     (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
-    deps = _stage_deps(tmp_path)
+    return _stage_deps(tmp_path)
+
+
+def test_generic_imagefolder_resolves(tmp_path):
+    """An ImageFolder names its root as ``csv`` (a null csv cannot be a DVC dependency)."""
+    deps = _resolve(tmp_path, {"ingest": {"source": "generic", "csv": "/data/folder", "image_root": "/data/folder"}})
+    assert deps["ingest"].count("/data/folder") == 2
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name if p else "params.yaml")
+def test_dag_resolves(overlay, tmp_path):
+    deps = _resolve(tmp_path, overlay)
     assert {"synth", "ingest", "caption", "warmup", "stage1_rl", "stage2_rl"} <= set(deps)
     for stage, paths in deps.items():
         assert not any(p in ("None", "null", "") for p in paths), f"{stage} has a null dependency: {paths}"
