@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from skinflow.orchestration.checkout import CheckoutBusy, dvc_lock_error
-from skinflow.orchestration.dvc_worker import DvcWorker, WorkerGone, worker_key
+from skinflow.orchestration.dvc_worker import DvcWorker, WorkerGone, output_lines, worker_key
 
 _WORKERS: dict[str, DvcWorker] = {}
 
@@ -87,12 +87,10 @@ def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str],
         return
     env = _stage_env(extra_env)
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name],
-                            cwd=repo_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+                            cwd=repo_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
     tail: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
+    for line in output_lines(proc.stdout):
         if line:
             log(line)
             tail = (tail + [line])[-40:]

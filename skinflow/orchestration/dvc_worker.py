@@ -19,13 +19,45 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, Iterator
 
 SENTINEL = "@@skinflow-dvc-worker"
+PROGRESS_EVERY_S = 10.0  # one progress-bar redraw per this many seconds reaches the logs
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+
+
+def output_lines(stream: IO[bytes], progress_every_s: float = PROGRESS_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> Iterator[str]:
+    """A stage's output as lines, with progress-bar redraws thinned out.
+
+    tqdm redraws a bar by ending the text with a bare carriage return, up to ten times a second;
+    each would become one Prefect log record (API call, database row) for the whole of a long
+    stage. Text ended by ``\\r`` is a redraw: at most one every ``progress_every_s`` is kept;
+    lines ended by ``\\n`` (including a bar's final state) are always kept."""
+    buffer, last_progress = b"", None
+    while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
+        buffer += chunk
+        start = 0
+        for match in _LINE_END.finditer(buffer):
+            if match.group() == b"\r" and match.end() == len(buffer):
+                break  # maybe the first half of \r\n: decide when more arrives
+            text = buffer[start:match.start()].decode("utf-8", "replace").rstrip()
+            start = match.end()
+            if match.group() == b"\r":
+                now = clock()
+                if not text or (last_progress is not None and now - last_progress < progress_every_s):
+                    continue
+                last_progress = now
+            yield text
+        buffer = buffer[start:]
+    if buffer.strip():
+        yield buffer.decode("utf-8", "replace").rstrip()
 
 
 def serve(repo_dir: str = ".") -> None:
@@ -54,7 +86,8 @@ def serve(repo_dir: str = ".") -> None:
                 print(f"ERROR: {exc}" + (f"\n{cause}" if cause else ""), file=sys.stderr)
                 status, code = "failed", 1
             sys.stderr.flush()
-            print(f"{SENTINEL} {status} {code}", flush=True)
+            # On a line of its own even if the stage left a progress bar without its newline.
+            print(f"\n{SENTINEL} {status} {code}", flush=True)
 
 
 class WorkerGone(RuntimeError):
@@ -68,8 +101,9 @@ class DvcWorker:
         self.repo_dir = str(repo_dir)
         self.proc = subprocess.Popen([sys.executable, "-m", "skinflow.orchestration.dvc_worker"],
                                      cwd=self.repo_dir, env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
         self._lock = threading.Lock()
+        self._lines = output_lines(self.proc.stdout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -80,12 +114,11 @@ class DvcWorker:
         tail: list[str] = []
         with self._lock:
             try:
-                self.proc.stdin.write(name + "\n")
+                self.proc.stdin.write(name.encode() + b"\n")
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError) as exc:
                 raise WorkerGone(f"dvc worker exited (code {self.proc.poll()})") from exc
-            for line in self.proc.stdout:
-                line = line.rstrip()
+            for line in self._lines:
                 if line.startswith(SENTINEL):
                     _, status, code = line.split()
                     return status, int(code), tail
