@@ -25,25 +25,21 @@ Writes benchmarks/results/stages[_tiny].json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from skinflow.config import overlay_params, read_params  # noqa: E402
-EXCLUDED_DIRS = ("data/", "metrics/", "models/")
+from skinflow.config import read_params  # noqa: E402
+from skinflow.orchestration.checkout import clean_copy  # noqa: E402
 
 # Run one command, then print the rusage of everything it spawned (this process exists only for that command).
 WRAPPER = """
@@ -61,31 +57,6 @@ json.dump({"returncode": proc.returncode, "wall_s": wall, "cpu_s": r.ru_utime + 
 def tiny_overrides() -> dict:
     """The tiny overlay the end-to-end test uses too (configs/params-tiny.yaml)."""
     return read_params(REPO / "configs/params-tiny.yaml")
-
-
-def _tracked_files(source: str) -> dict[str, bytes]:
-    if source == "head":
-        tar = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, capture_output=True,
-                             check=True).stdout
-        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-            return {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    return {n: (REPO / n).read_bytes() for n in names if n and (REPO / n).is_file()}
-
-
-def make_copy(dest: Path, source: str, overrides: dict | None) -> None:
-    for name, data in _tracked_files(source).items():
-        if name.startswith(EXCLUDED_DIRS) or name == "dvc.lock":
-            continue
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        (dest / name).write_bytes(data)
-    if overrides:
-        params = overlay_params(read_params(dest / "params.yaml"), overrides)
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.email=bench@localhost", "-c", "user.name=bench"]
-    for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "benchmark copy"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
 
 
 def _env() -> dict[str, str]:
@@ -121,7 +92,7 @@ def run_stages(stages: list[str], cwd: Path, label: str) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="the e2e test's tiny params instead of params.yaml")
+    ap.add_argument("--tiny", action="store_true", help="the configs/params-tiny.yaml overlay instead of params.yaml alone")
     ap.add_argument("--source", choices=["head", "worktree"], default="head")
     ap.add_argument("--keep", type=Path, help="make the copy here and keep it (default: a temp dir, removed)")
     args = ap.parse_args()
@@ -131,7 +102,7 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_stages_"))
     root.mkdir(parents=True, exist_ok=True)
     overrides = tiny_overrides() if args.tiny else None
-    make_copy(root, args.source, overrides)
+    clean_copy(REPO, root, overrides, files=args.source)
     stages = stage_order(root)
     print(f"{len(stages)} stages in DAG order ({'tiny' if args.tiny else 'shipped'} params, source {args.source}): "
           f"{', '.join(stages)}", flush=True)

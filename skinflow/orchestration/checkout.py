@@ -98,28 +98,53 @@ def record_dvc_lock(repo_dir: str | os.PathLike = ".", commit: bool = False,
     return LockRecord(hashlib.sha256(data).hexdigest(), data.decode(), sha)
 
 
+PIPELINE_PRODUCTS = ("data/", "metrics/", "models/", "dvc.lock")  # what `dvc repro` makes, not git
+
+
+def commit_all(repo: str | os.PathLike, message: str = "copy") -> None:
+    """``git init`` + commit everything in ``repo`` under a throwaway identity (DVC wants a commit)."""
+    identity = ["-c", "user.email=ci@localhost", "-c", "user.name=ci"]
+    for cmd in (["git", "init", "-q"], ["git", *identity, "add", "-A"], ["git", *identity, "commit", "-qm", message]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+
+
 def clean_copy(source: str | os.PathLike, dest: str | os.PathLike,
-               params_overlay: str | os.PathLike | None = None) -> Path:
-    """A fresh git repo at ``dest`` with ``source``'s tracked files, minus every pipeline product
-    (``data/``, ``metrics/``, ``models/``, ``dvc.lock``) — what a new clone runs from — and with
-    the ``params_overlay`` file (relative to ``source``, e.g. ``configs/params-tiny.yaml``) merged
-    into params.yaml."""
+               params_overlay: str | os.PathLike | dict | None = None, files: str = "tracked") -> Path:
+    """A fresh git repo at ``dest`` with ``source``'s files minus every pipeline product — what a new
+    clone runs from — and with ``params_overlay`` (a dict, or a file relative to ``source`` such as
+    ``configs/params-tiny.yaml``) merged into params.yaml.
+
+    ``files``: ``tracked`` (tracked files as they are on disk), ``worktree`` (also untracked, not
+    ignored files) or ``head`` (the last commit, whatever the working tree holds)."""
+    import io
     import shutil
+    import tarfile
 
     import yaml
 
     from skinflow.config import overlay_params, read_params
 
     source, dest = Path(source), Path(dest)
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=source, capture_output=True, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        if (source / name).is_file() and not name.startswith(("data/", "metrics/", "models/")) and name != "dvc.lock":
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / name, dest / name)
+    if files == "head":
+        tar = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=source, capture_output=True,
+                             check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+            for member in archive.getmembers():
+                if member.isfile() and not member.name.startswith(PIPELINE_PRODUCTS):
+                    (dest / member.name).parent.mkdir(parents=True, exist_ok=True)
+                    (dest / member.name).write_bytes(archive.extractfile(member).read())
+                    (dest / member.name).chmod(member.mode)
+    else:
+        extra = ["--others", "--exclude-standard"] if files == "worktree" else []
+        listing = subprocess.run(["git", "ls-files", "-z", "--cached", *extra], cwd=source, capture_output=True,
+                                 check=True).stdout
+        for name in filter(None, listing.decode().split("\0")):
+            if (source / name).is_file() and not name.startswith(PIPELINE_PRODUCTS):
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / name, dest / name)
     if params_overlay:
-        params = overlay_params(read_params(dest / "params.yaml"), source / params_overlay)
+        overlay = params_overlay if isinstance(params_overlay, dict) else source / params_overlay
+        params = overlay_params(read_params(dest / "params.yaml"), overlay)
         (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    identity = ["-c", "user.email=ci@localhost", "-c", "user.name=ci"]
-    for cmd in (["git", "init", "-q"], ["git", *identity, "add", "-A"], ["git", *identity, "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    commit_all(dest)
     return dest

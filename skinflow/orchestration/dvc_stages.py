@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from skinflow.orchestration.checkout import CheckoutBusy, dvc_lock_error
-from skinflow.orchestration.dvc_worker import DvcWorker, WorkerGone, output_lines, worker_key
+from skinflow.orchestration.dvc_worker import DvcWorker, WorkerGone, follow, output_lines, worker_key
 
 _WORKERS: dict[str, DvcWorker] = {}
 
@@ -88,12 +88,8 @@ def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str],
     env = _stage_env(extra_env)
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name],
                             cwd=repo_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
-    tail: list[str] = []
     assert proc.stdout is not None
-    for line in output_lines(proc.stdout):
-        if line:
-            log(line)
-            tail = (tail + [line])[-40:]
+    tail, _ = follow(output_lines(proc.stdout), log)
     if proc.wait() != 0:
         if dvc_lock_error("\n".join(tail)):
             raise CheckoutBusy(repo_dir, "dvc process", f"stage {name}: " + "\n".join(tail[-8:]))

@@ -24,8 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 SENTINEL = "@@skinflow-dvc-worker"
 PROGRESS_EVERY_S = 10.0  # one progress-bar redraw per this many seconds reaches the logs
@@ -40,8 +41,9 @@ def output_lines(stream: IO[bytes], progress_every_s: float = PROGRESS_EVERY_S,
     each would become one Prefect log record (API call, database row) for the whole of a long
     stage. Text ended by ``\\r`` is a redraw: at most one every ``progress_every_s`` is kept;
     lines ended by ``\\n`` (including a bar's final state) are always kept."""
+    read = getattr(stream, "read1", stream.read)  # read1: what a buffered pipe has now, without waiting for more
     buffer, last_progress = b"", None
-    while chunk := stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536):
+    while chunk := read(65536):
         buffer += chunk
         start = 0
         for match in _LINE_END.finditer(buffer):
@@ -58,6 +60,21 @@ def output_lines(stream: IO[bytes], progress_every_s: float = PROGRESS_EVERY_S,
         buffer = buffer[start:]
     if buffer.strip():
         yield buffer.decode("utf-8", "replace").rstrip()
+
+
+def follow(lines: Iterable[str], log: Callable[[str], None], until: str | None = None,
+           keep: int = 40) -> tuple[list[str], str | None]:
+    """Pass each non-empty line to ``log`` until one starts with ``until`` (or the lines end).
+
+    Returns the last ``keep`` logged lines (for error messages) and the ``until`` line, if seen."""
+    tail: deque[str] = deque(maxlen=keep)
+    for line in lines:
+        if until is not None and line.startswith(until):
+            return list(tail), line
+        if line:
+            log(line)
+            tail.append(line)
+    return list(tail), None
 
 
 def serve(repo_dir: str = ".") -> None:
@@ -111,20 +128,16 @@ class DvcWorker:
     def run(self, name: str, log: Callable[[str], None]) -> tuple[str, int, list[str]]:
         """(status, exit code, last output lines) of one stage; raises WorkerGone if the process died."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        tail: list[str] = []
         with self._lock:
             try:
                 self.proc.stdin.write(name.encode() + b"\n")
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError) as exc:
                 raise WorkerGone(f"dvc worker exited (code {self.proc.poll()})") from exc
-            for line in self._lines:
-                if line.startswith(SENTINEL):
-                    _, status, code = line.split()
-                    return status, int(code), tail
-                if line:
-                    log(line)
-                    tail = (tail + [line])[-40:]
+            tail, end = follow(self._lines, log, until=SENTINEL)
+        if end is not None:
+            _, status, code = end.split()
+            return status, int(code), tail
         raise WorkerGone(f"dvc worker exited (code {self.proc.wait()}) during stage {name}:\n" + "\n".join(tail))
 
     def close(self) -> None:
