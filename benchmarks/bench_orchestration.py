@@ -22,9 +22,11 @@ Prints both ratios and writes benchmarks/results/orchestration.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,11 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from skinflow.io import write_json  # noqa: E402
+from skinflow.orchestration.checkout import clean_copy, commit_all  # noqa: E402
 from skinflow.orchestration.local_server import local_prefect_server, server_env  # noqa: E402
 
 
 
-GIT_ID = ["-c", "user.email=bench@localhost", "-c", "user.name=bench"]
 DUMMY_SCRIPT = '''"""Write a few bytes to each output of one stage (paths from dummy_outs.json)."""
 import json, pathlib, sys
 for path, kind in json.loads(pathlib.Path("dummy_outs.json").read_text())[sys.argv[1]]:
@@ -73,16 +75,22 @@ def run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> t
     return elapsed, result.stdout + result.stderr
 
 
-def git_commit_all(repo: Path) -> None:
-    for cmd in (["git", "init", "-q"], ["git", *GIT_ID, "add", "-A"], ["git", *GIT_ID, "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of (every finished child, i.e. the timed commands; the processes
+    still running, i.e. the Prefect server). Between timed commands only the server is running."""
+    import psutil
+
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = 0.0
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            live += sum(process.cpu_times()[:2])
+    return done.ru_utime + done.ru_stime, live
 
 
 def tiny_copy(dest: Path, tiny: bool = True) -> Path:
     """Tracked files without data, metrics, models or dvc.lock; params with the tiny overlay
     (``tiny=False``: the embedded default's own params.yaml, a full-size run)."""
-    from skinflow.orchestration.checkout import clean_copy
-
     return clean_copy(REPO, dest, "configs/params-tiny.yaml" if tiny else None)
 
 
@@ -138,7 +146,7 @@ def dummy_dag(built: Path, dest: Path) -> Path:
         shutil.copy2(built / ".dvc" / name, dest / ".dvc" / name)
     (dest / "dummy_stage.py").write_text(DUMMY_SCRIPT)
     (dest / "dummy_outs.json").write_text(json.dumps(outs_of, indent=1))
-    git_commit_all(dest)
+    commit_all(dest)
     return dest
 
 
@@ -157,12 +165,15 @@ def dvc_lock_stages(repo: Path) -> list[str]:
 
 
 def from_clean(template: Path, work: Path, flow_env: dict[str, str], repeats: int,
-               keep_first: bool = False) -> tuple[dict[str, list[float]], Path | None]:
+               keep_first: bool = False) -> tuple[dict[str, list[float]], dict[str, list[float]], Path | None]:
     """Time `dvc repro` and the Prefect flow, each in a fresh copy of ``template``, alternating.
 
+    Also returns the CPU seconds of each run and of the Prefect server meanwhile (where the
+    overhead goes on a machine whose cores the stages already keep busy).
     Both must record the same stages in dvc.lock. With ``keep_first`` the first built dvc copy is
     kept (and returned) for the no-op comparison."""
     times: dict[str, list[float]] = {"dvc_repro": [], "prefect_flow": []}
+    cpu: dict[str, list[float]] = {f"{side}_{what}": [] for side in times for what in ("cpu", "server_cpu")}
     commands = {"dvc_repro": ([sys.executable, "-m", "dvc", "repro"], None),
                 "prefect_flow": ([sys.executable, "-m", "flows.pipeline"], flow_env)}
     kept, expected = None, None
@@ -170,16 +181,21 @@ def from_clean(template: Path, work: Path, flow_env: dict[str, str], repeats: in
         for side in ("dvc_repro", "prefect_flow") if r % 2 == 0 else ("prefect_flow", "dvc_repro"):
             copy = work / f"{side}-{r}"
             shutil.copytree(template, copy, symlinks=True)
+            before = cpu_seconds()
             elapsed, _ = run(commands[side][0], copy, commands[side][1])
+            used = [after - b for after, b in zip(cpu_seconds(), before)]
             times[side].append(elapsed)
-            print(f"{template.name} {r + 1}/{repeats} {side}: {elapsed:.1f} s", flush=True)
+            cpu[f"{side}_cpu"].append(used[0])
+            cpu[f"{side}_server_cpu"].append(used[1])
+            print(f"{template.name} {r + 1}/{repeats} {side}: {elapsed:.1f} s wall, {used[0]:.1f} s CPU, "
+                  f"server {used[1]:.1f} s CPU", flush=True)
             expected = expected or dvc_lock_stages(copy)
             assert dvc_lock_stages(copy) == expected, f"{side} recorded other stages"
             if keep_first and kept is None and side == "dvc_repro":
                 kept = copy
             else:
                 shutil.rmtree(copy)
-    return times, kept
+    return times, cpu, kept
 
 
 def main() -> None:
@@ -198,10 +214,10 @@ def main() -> None:
         template = tiny_copy(tmp / "template", tiny=not args.default_params)
         with local_prefect_server(tmp / "prefect-home") as url:
             flow_env = {**server_env(tmp / "prefect-home"), "PREFECT_API_URL": url, "PYTHONPATH": str(template)}
-            times, built = from_clean(template, tmp / "real", flow_env, args.repeats, keep_first=True)
+            times, cpu, built = from_clean(template, tmp / "real", flow_env, args.repeats, keep_first=True)
             dummy = dummy_dag(built, tmp / "dummy")
             assert same_dag(built, dummy), "the dummy DAG does not have the real DAG's shape"
-            fixed, _ = from_clean(dummy, tmp / "fixed", flow_env, args.overhead_repeats)
+            fixed, _, _ = from_clean(dummy, tmp / "fixed", flow_env, args.overhead_repeats)
         run([sys.executable, "-m", "dvc", "repro"], dummy)  # build once; the timings below are no-ops
         noop: dict[str, list[float]] = {"noop_real": [], "noop_dummy": []}
         for r in range(args.noop_repeats):
@@ -221,6 +237,7 @@ def main() -> None:
         "statistic": "median",
         "seconds": {k: [round(t, 3) for t in v] for k, v in seconds.items()},
         "median_s": {k: round(v, 3) for k, v in median.items()},
+        "cpu_s": {k: [round(t, 1) for t in v] for k, v in cpu.items()},
         "ratio_flow_vs_dvc": round(median["prefect_flow"] / median["dvc_repro"], 3), "target_flow_vs_dvc": 1.05,
         "flow_overhead_on_dummy_dag_s": round(median["dummy_prefect_flow"] - median["dummy_dvc_repro"], 2),
         "ratio_noop_real_vs_dummy": round(median["noop_real"] / median["noop_dummy"], 3),
