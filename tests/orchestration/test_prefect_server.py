@@ -46,6 +46,14 @@ def client(server):
     with temporary_settings(updates={PREFECT_API_URL: server[1]}):
         with get_client(sync_client=True) as api:
             yield api
+        # A flow run in this process starts Prefect's log and event workers, singletons bound to this
+        # server. Drain and drop them while it is still up, or later flows in the same process (e.g. the
+        # flow tests' harness) send their task-run events to a server that is gone.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all()
+        EventsWorker.drain_all()
 
 
 def test_server_answers_on_loopback_only(server):
