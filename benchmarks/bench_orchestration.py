@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,6 @@ sys.path.insert(0, str(REPO))
 from skinflow.io import write_json  # noqa: E402
 from skinflow.orchestration.checkout import clean_copy, commit_all  # noqa: E402
 from skinflow.orchestration.local_server import local_prefect_server, server_env  # noqa: E402
-
 
 
 DUMMY_SCRIPT = '''"""Write a few bytes to each output of one stage (paths from dummy_outs.json)."""
@@ -78,20 +78,12 @@ def run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> t
 def cpu_seconds() -> tuple[float, float]:
     """CPU seconds (user + system) of (every finished child, i.e. the timed commands; the processes
     still running, i.e. the Prefect server). Between timed commands only the server is running."""
-    import psutil
-
     done = resource.getrusage(resource.RUSAGE_CHILDREN)
     live = 0.0
     for process in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             live += sum(process.cpu_times()[:2])
     return done.ru_utime + done.ru_stime, live
-
-
-def tiny_copy(dest: Path, tiny: bool = True) -> Path:
-    """Tracked files without data, metrics, models or dvc.lock; params with the tiny overlay
-    (``tiny=False``: the embedded default's own params.yaml, a full-size run)."""
-    return clean_copy(REPO, dest, "configs/params-tiny.yaml" if tiny else None)
 
 
 def resolved_stages(repo: Path) -> dict[str, dict]:
@@ -211,7 +203,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         tmp = Path(tmp)
-        template = tiny_copy(tmp / "template", tiny=not args.default_params)
+        # What a fresh clone runs from; the tiny overlay unless the embedded default's own params.
+        template = clean_copy(REPO, tmp / "template", None if args.default_params else "configs/params-tiny.yaml")
         with local_prefect_server(tmp / "prefect-home") as url:
             flow_env = {**server_env(tmp / "prefect-home"), "PREFECT_API_URL": url, "PYTHONPATH": str(template)}
             times, cpu, built = from_clean(template, tmp / "real", flow_env, args.repeats, keep_first=True)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
+import shutil
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -116,14 +119,12 @@ def clean_copy(source: str | os.PathLike, dest: str | os.PathLike,
 
     ``files``: ``tracked`` (tracked files as they are on disk), ``worktree`` (also untracked, not
     ignored files) or ``head`` (the last commit, whatever the working tree holds)."""
-    import io
-    import shutil
-    import tarfile
-
     import yaml
 
     from skinflow.config import overlay_params, read_params
 
+    if files not in ("tracked", "worktree", "head"):
+        raise ValueError(f"files={files!r}: expected 'tracked', 'worktree' or 'head'")
     source, dest = Path(source), Path(dest)
     if files == "head":
         tar = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=source, capture_output=True,
