@@ -1,49 +1,99 @@
-"""DVC stage `ablation`: one table of every evaluated variant, with bootstrap CIs."""
+"""DVC stage `ablation`: every evaluated variant over its training seeds, and paired differences.
+
+Rows come from ``metrics/eval/*.json``: a file ``<variant>-s<seed>.json`` (keys ``variant`` and
+``seed``) is one seed of a variant; a file without a ``seed`` key and without the suffix (a baseline
+such as ``cfa.json``) is seed 0 of ``json["variant"]`` or the file stem. Each file's per-image
+predictions are read from ``data/eval/<stem>/predictions.parquet`` and rescored with the same
+indicators evaluate used (statistics: ``skinflow.eval.paired``). Outputs: ``reports/ablation.md``,
+``reports/ablation.json`` (headline numbers, a DVC metrics file) and ``reports/ablation_full.json``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from pathlib import Path
 
-from skinflow.io import write_json, write_text
+import pandas as pd
 
-IN_DIR = Path("metrics/eval")
+from skinflow.eval.equivalence import LabelSpace
+from skinflow.eval.metrics import effective_k
+from skinflow.eval.paired import (
+    AblationConfig, Evaluation, ablation_results, compact, evaluation, group_rows, markdown,
+)
+from skinflow.io import write_json, write_text
+from skinflow.stage import stage_config
+
+IN_METRICS = Path("metrics/eval")
+IN_EVAL = Path("data/eval")
+IN_TAXONOMY = "data/interim/taxonomy.csv"
 OUT_MD = "reports/ablation.md"
 OUT_JSON = "reports/ablation.json"
-# "{k}": the evaluation's top-k (k = min(6, n_classes)), so small label spaces keep their columns.
-COLUMNS = ("top1_exact", "top{k}_exact", "top1_grounded", "top{k}_grounded", "hierarchical_nine",
-           "malignant_miss_at{k}", "format_compliance")
-# The paper's ablation rows first (base -> +S2 -> +S1+S2 -> +DVE+S1+S2), then controls and baselines.
-ORDER = ("warmup", "stage2_only", "s1_s2", "stage1", "stage2", "dve_only", "vision_lora", "cfa", "skinvl")
+OUT_FULL = "reports/ablation_full.json"
+
+_SEEDED = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 
 
-def _cell(entry: dict) -> str:
-    if entry.get("value") is None:
-        return "—"
-    low, high = entry.get("ci_low"), entry.get("ci_high")
-    ci = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
-    return f"{100 * entry['value']:.1f}{ci}"
+def row_key(stem: str, data: dict) -> tuple[str, int]:
+    """``(variant, seed)`` of one metrics file; the ``-s<seed>`` suffix is not part of the variant."""
+    name = str(data.get("variant") or stem)
+    match = _SEEDED.match(name)
+    seed = int(data["seed"]) if data.get("seed") is not None else int(match["seed"]) if match else 0
+    if match and int(match["seed"]) == seed:
+        name = match["variant"]
+    return name, seed
 
 
-def main() -> dict:
-    found = {p.stem: json.loads(p.read_text()) for p in sorted(IN_DIR.glob("*.json"))}
-    names = [n for n in ORDER if n in found] + sorted(n for n in found if n not in ORDER)
-    ks = {name: found[name].get("k", 6) for name in names}
-    table = {name: {col.format(k=ks[name]): found[name]["overall"].get(col.format(k=ks[name])) for col in COLUMNS}
-             | {"n_images": found[name]["n_images"], "model": found[name].get("model"), "k": ks[name]}
-             for name in names}
-    header = [c.format(k=ks[names[0]]) if len(set(ks.values())) == 1 else c.replace("{k}", "k") for c in COLUMNS]
-    lines = ["# Ablation (test split, % with bootstrap 95 % CI)", "",
-             "| variant | n | " + " | ".join(header) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
-    for name in names:
-        row = table[name]
-        cells = [_cell(row[c.format(k=ks[name])] or {}) for c in COLUMNS]
-        lines.append(f"| {name} | {row['n_images']} | " + " | ".join(cells) + " |")
-    write_text(OUT_MD, "\n".join(lines) + "\n")
-    write_json(OUT_JSON, table)
-    print("\n".join(lines))
-    return table
+def _check_stored(ev: Evaluation, data: dict, path: Path) -> None:
+    # Rescoring must reproduce what evaluate reported; if not, the label space differs (set
+    # ablation.taxonomy to evaluate's) or the predictions are stale.
+    overall = data.get("overall") or {}
+    for name, value in ev.values().items():
+        if not isinstance(overall.get(name), dict):
+            continue
+        stored, recomputed = overall[name].get("value"), None if math.isnan(value) else value
+        if (stored is None) != (recomputed is None) or (stored is not None and abs(stored - recomputed) > 1e-9):
+            raise ValueError(f"{path}: {name} is {stored} there but {recomputed} rescored from "
+                             f"{IN_EVAL / path.stem / 'predictions.parquet'}; was it evaluated with another "
+                             "taxonomy (ablation.taxonomy) or are the predictions stale?")
+
+
+def load_evaluations(space: LabelSpace) -> list[Evaluation]:
+    k = effective_k(space.n_classes)
+    out = []
+    for path in sorted(IN_METRICS.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        predictions = IN_EVAL / path.stem / "predictions.parquet"
+        if not predictions.exists():
+            raise FileNotFoundError(f"{path} has no per-image predictions at {predictions}")
+        if data.get("n_classes") not in (None, space.n_classes):
+            raise ValueError(f"{path} was scored on {data['n_classes']} classes, the ablation's label space has "
+                             f"{space.n_classes}: set ablation.taxonomy to the taxonomy evaluate used")
+        variant, seed = row_key(path.stem, data)
+        ev = evaluation(path.stem, variant, seed, pd.read_parquet(predictions), space, k)
+        _check_stored(ev, data, path)
+        out.append(ev)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # None (how `skinflow ablation` calls it) means the defaults, not this process's sys.argv.
+    cfg, _ = stage_config("ablation", AblationConfig, argv or [])
+    taxonomy = (pd.read_csv(cfg.taxonomy, dtype=str, keep_default_na=False) if cfg.taxonomy
+                else pd.read_csv(IN_TAXONOMY))
+    evaluations = load_evaluations(LabelSpace(taxonomy))
+    if not evaluations:
+        raise FileNotFoundError(f"no evaluations in {IN_METRICS}/*.json: run the evaluate stages first")
+    results = ablation_results(group_rows(evaluations, cfg.common_images), cfg)
+    text = markdown(results)
+    write_text(OUT_MD, text)
+    write_json(OUT_JSON, compact(results))
+    write_json(OUT_FULL, results)
+    print(text)
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

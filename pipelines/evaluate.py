@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pandas as pd
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variant", required=True)
     parser.add_argument("--model", required=True, help="model directory to evaluate")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed of the evaluated model (recorded; the ablation pools over it)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -28,10 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate_model(args.model, pd.read_parquet(IN_MANIFEST), pd.read_parquet(IN_CAPTIONS),
                             pd.read_csv(IN_TAXONOMY), cfg, progress=show_progress())
     out = f"data/eval/{args.variant}"
-    metrics = {**result["metrics"], "variant": args.variant, "model": args.model}
+    metrics = {**result["metrics"], "variant": args.variant, "seed": args.seed, "model": args.model}
     if result["caption_scores"] is not None:
         metrics["caption_vs_reference"] = result["caption_scores"]
-    write_parquet(f"{out}/predictions.parquet", result["mapped"].astype({"ranked_raw": str, "ranked_labels": str}))
+    # Ranked lists as JSON text (None -> null), which skinflow.eval.paired.parse_ranked reads back.
+    as_json = {c: [json.dumps(list(v)) for v in result["mapped"][c]] for c in ("ranked_raw", "ranked_labels")}
+    write_parquet(f"{out}/predictions.parquet", result["mapped"].assign(**as_json))
     write_parquet(f"{out}/match_log.parquet", result["match_log"])
     write_confusion(result["confusion"], f"{out}/confusion.csv")
     write_csv(f"{out}/by_group.csv", per_group_table(result["metrics"]))

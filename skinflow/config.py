@@ -110,6 +110,7 @@ SECTION_MODELS: dict[str, str] = {
     "stage1_rl": "skinflow.rl.grpo:Stage1Config",
     "stage2_rl": "skinflow.rl.grpo:Stage2Config",
     "evaluate": "skinflow.eval.evaluate:EvalConfig",
+    "ablation": "skinflow.eval.paired:AblationConfig",
     "attention": "skinflow.eval.attention:AttentionConfig",
     "report": "skinflow.report.inputs:ReportConfig",
     "cfa_baseline": "skinflow.baselines.cfa:CFAConfig",

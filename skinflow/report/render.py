@@ -269,14 +269,31 @@ def ablation_section(inputs: ReportInputs) -> DocSection:
     if not (ablation and ablation.present):
         section.parts.append(_missing(inputs, "ablation"))
         return section
-    table = ablation.data
+    # Over seeds: {"rows": {variant: {metric: cell}}, "row_order", "paired"}; older files: {variant: {metric: cell}}.
+    seeded = isinstance(ablation.data.get("rows"), dict)
+    table = ablation.data["rows"] if seeded else ablation.data
+    names = (ablation.data.get("row_order") or list(table)) if seeded else list(table)
     columns = list(dict.fromkeys(c for row in table.values() for c, v in row.items() if is_ci_cell(v) or
                                  (v is None and c not in ("model", "n_images"))))
-    section.parts.append(Table(["variant", "n", *columns],
-                               [[name, fmt(row.get("n_images")), *(ci(row.get(c)) for c in columns)]
-                                for name, row in table.items()],
-                               f"Test split, value [95% CI] ({ablation.path})"))
+    seeds = lambda row: [fmt(row.get("n_seeds"))] if seeded else []  # noqa: E731
+    section.parts.append(Table(["variant", *(["seeds"] if seeded else []), "n", *columns],
+                               [[name, *seeds(table[name]), fmt(table[name].get("n_images")),
+                                 *(ci(table[name].get(c)) for c in columns)] for name in names],
+                               f"Test split, {'mean over seeds, pooled ' if seeded else 'value '}"
+                               f"[95% CI] ({ablation.path})"))
+    paired = ablation.data.get("paired") if seeded else None
+    if isinstance(paired, dict) and paired:
+        metrics = list(dict.fromkeys(m for diffs in paired.values() for m, d in diffs.items() if isinstance(d, dict)))
+        body = [[name, *(_diff_cell(diffs.get(m)) for m in metrics)] for name, diffs in paired.items()]
+        section.parts.append(Table(["A vs B", *metrics], body,
+                                   f"Paired differences A − B [95% CI], * = CI excludes 0 ({ablation.path})"))
     return section
+
+
+def _diff_cell(diff: Any) -> str:
+    if not isinstance(diff, dict):  # a comparison whose rows were not evaluated: {"status": "not run"}
+        return "not run"
+    return ci({**diff, "value": diff.get("diff")}) + (" *" if diff.get("effect") else "")
 
 
 def baselines_section(inputs: ReportInputs) -> DocSection:
