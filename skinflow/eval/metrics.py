@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,6 +109,19 @@ def candidates(labels: Any, k: int = K) -> list[str | None]:
     return out
 
 
+def first_malignant_rank(cands: Sequence[str | None], is_malignant: Callable[[str], Any]) -> int | None:
+    """1-based rank of the first malignant candidate in a ``candidates`` list, None when there is none.
+
+    The one definition behind ``malignant_miss_at{1,k}`` (rank != 1 / rank is None),
+    ``dangerous_error_rate``, ``over_call_rate`` (rank == 1) and the Stage II safety reward. OOV
+    items (None) are never malignant; ``is_malignant`` is called only on canonical labels.
+    """
+    for rank, label in enumerate(cands, 1):
+        if label is not None and is_malignant(label):
+            return rank
+    return None
+
+
 def _first(value: Any) -> Any:
     # A taxonomy listing one label twice (HAM10000's akiec/ak codes) makes LabelSpace lookups
     # return a Series; the rows agree, so take the first rather than crash on an ambiguous bool.
@@ -133,8 +146,9 @@ def image_indicators(mapped: pd.DataFrame, space: LabelSpace, k: int | None = No
     in_tax = arr(t in labels for t in truth)
     truth_mal = in_tax & arr(malignant.get(t, False) for t in truth)
     top1_in_vocab = arr(p in labels for p in top1)
-    top1_mal = arr(malignant.get(p, False) for p in top1)
-    any_mal = arr(any(malignant.get(c, False) for c in cl) for cl in lists)
+    first_mal = [first_malignant_rank(cl, malignant.get) for cl in lists]
+    top1_mal = arr(r == 1 for r in first_mal)
+    any_mal = arr(r is not None for r in first_mal)
     eq = space.equivalent
     out = pd.DataFrame({
         "all": np.ones(len(truth), dtype=bool),

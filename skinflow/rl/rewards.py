@@ -3,7 +3,8 @@
 Rewards are sums of NAMED components so each can be logged and audited separately. Every function
 here is pure and total: any completion (junk, truncated JSON, chat messages) yields finite numbers,
 never an exception. The only NaNs are "not applicable" components (no valid reference caption, a
-true label outside the taxonomy); they count as 0 in ``total`` and reach TRL as ``None``.
+true label outside the taxonomy, the safety part that does not apply to this truth); they count as 0
+in ``total`` and reach TRL as ``None``.
 
 Stage I  total = scale * (format_weight*format + fields_weight*fields - diagnosis_penalty - length_penalty)
     format            {0,1}   1 when the completion parses as a Caption (tolerated wrappers allowed)
@@ -12,8 +13,29 @@ Stage I  total = scale * (format_weight*format + fields_weight*fields - diagnosi
     length_penalty    [0,cap] per_100 * (chars over budget) / 100, capped
 Stage II total = scale * (format_weight*format + relevance_weight*relevance - safety_penalty
                           - oov_penalty*oov_rate)
-    format {0,1}; relevance [0,rel_exact] = max_i rel(d_i) * discount(i); top1 {0,1} (monitor only);
-    safety_penalty {0, missed_malignant_penalty, false_alarm_penalty}; oov_rate [0,1].
+    c_1..c_n  the candidates: parsed items mapped to canonical labels, a label repeated through an
+              alias kept only at its first rank, OOV items (None) keeping their slot, the first
+              k = effective_k(n_classes) items (``skinflow.eval.metrics.candidates``: evaluation's ranks)
+    r*        rank of the first malignant candidate, None when there is none or no list
+              (``skinflow.eval.metrics.first_malignant_rank``, shared with evaluation)
+    format         {0,1}          1 when the list parses (JSON or numbered, no duplicates, <= 6 items)
+    relevance      [0,rel_exact]  max_i rel(c_i) * discount(i)   (see ``relevance_of``)
+    top1           {0,1}          c_1 equivalent to the truth (monitor only)
+    malignant_miss [0,1]          truth malignant: 1 - discount(r*), or 1 when r* is None; else NaN
+    over_call      {0,1}          truth not malignant: 1 when r* == 1; else NaN
+    safety_penalty = missed_malignant_penalty * malignant_miss + false_alarm_penalty * over_call
+    oov_rate       [0,1]          unmappable items / listed items
+    A malignant truth thus costs m = missed_malignant_penalty times 0 when a malignant candidate
+    leads, 1 - discount(2) = 0.369 when the first one is second, 0.644 when it is sixth (DCG) and 1
+    when none is listed or the output is no list; ``discount="none"`` would restore "any rank will
+    do". In evaluation's terms: malignant_miss == 0 iff not malignant_miss_at1, == 1 iff
+    malignant_miss_at{k}, and a dangerous error (benign rank 1) costs at least 0.369 * m.
+    Decision rule (``malignant_first_threshold``): with belief p on a malignant label M and 1 - p on
+    an unrelated benign label B, [M, B, ...] earns more in expectation than [B, M, ...] iff p > p* =
+    ((1-d2)*w*e + f) / ((1-d2)*(2*w*e + m) + f), d2 = discount(2), w = relevance_weight,
+    e = rel_exact, f = false_alarm_penalty. Defaults (dcg, w = e = 1, m = 2, f = 0.25): p* = 0.359.
+    The earlier rule, which cleared the miss for a malignant candidate at any rank, gave p* = 0.627
+    whatever m, and training learned to lead with the benign guess.
 
 Design decisions:
 * An invalid list (duplicates, > 6 items, unparseable) is "no list": format 0, relevance 0, and the
@@ -46,6 +68,7 @@ from skinflow.captions.schema import Caption
 from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
 from skinflow.config import Section
 from skinflow.eval.equivalence import LabelSpace
+from skinflow.eval.metrics import candidates, effective_k, first_malignant_rank
 
 NAN = float("nan")
 _PARSE_CACHE = 16384  # distinct completions kept; a GRPO step has at most a few hundred
@@ -81,7 +104,9 @@ class Stage2RewardConfig(Section):
     rel_nine: float = Field(0.5, ge=0, le=1)    # same nine-partition group
     rel_three: float = Field(0.2, ge=0, le=1)   # same three-partition group
     discount: Literal["dcg", "reciprocal", "none"] = "dcg"
-    missed_malignant_penalty: float = Field(1.0, ge=0)  # malignant truth, no malignant candidate
+    # Malignant truth: this times 1 - discount(rank of the first malignant candidate), all of it when
+    # none is listed. 2.0 makes "malignant first" the better bet from p* = 0.359 (module docstring).
+    missed_malignant_penalty: float = Field(2.0, ge=0)
     false_alarm_penalty: float = Field(0.25, ge=0)      # non-malignant truth, malignant rank 1
     oov_penalty: float = Field(0.0, ge=0)               # times the fraction of unmappable items
     scale: float = Field(1.0, gt=0)
@@ -98,6 +123,19 @@ def discount(rank: int, kind: str = "dcg") -> float:
     if kind == "dcg":
         return 1.0 / math.log2(rank + 1)
     return 1.0 / rank if kind == "reciprocal" else 1.0
+
+
+def malignant_first_threshold(cfg: Stage2RewardConfig) -> float:
+    """Belief p* in a malignant label above which listing it before an unrelated benign one pays.
+
+    Expected totals for beliefs (p on malignant M, 1 - p on benign B, no relevance between them, the
+    rest of the list shared): [M, B]: p*w*e + (1-p)*(w*e*d2 - f); [B, M]: p*(w*e*d2 - m*(1-d2)) +
+    (1-p)*w*e; equal at the returned p (module docstring). NaN when the order never matters
+    (``discount="none"`` and no over-call penalty).
+    """
+    gap, we = 1.0 - discount(2, cfg.discount), cfg.relevance_weight * cfg.rel_exact
+    den = gap * (2 * we + cfg.missed_malignant_penalty) + cfg.false_alarm_penalty
+    return (gap * we + cfg.false_alarm_penalty) / den if den > 0 else NAN
 
 
 # ---- completion text ----------------------------------------------------------------------------
@@ -231,23 +269,25 @@ def stage2_components(completion: Any, true_label: Any, space: LabelSpace,
     """Named Stage II components plus ``total`` (see the module docstring for ranges)."""
     parsed = _parse_list(completion_text(completion))
     mapped = [space.map(d).label for d in parsed.diagnoses] if parsed.ok else []
+    cands = candidates(mapped, effective_k(space.n_classes))
     truth = space.map(true_label).label if isinstance(true_label, str) else None
     if truth is None:  # a label outside the taxonomy: nothing to grade against
-        relevance = top1 = safety = NAN
+        relevance = top1 = miss = over_call = safety = NAN
     else:
         hierarchy = _hierarchy(space)  # label -> (nine, three, malignant)
-        relevance = max((relevance_of(m, truth, space, cfg) * discount(rank, cfg.discount)
-                         for rank, m in enumerate(mapped, 1)), default=0.0)
-        top1 = float(bool(mapped) and space.equivalent(mapped[0], truth))
+        relevance = max((relevance_of(c, truth, space, cfg) * discount(rank, cfg.discount)
+                         for rank, c in enumerate(cands, 1)), default=0.0)
+        top1 = float(bool(cands) and space.equivalent(cands[0], truth))
+        first = first_malignant_rank(cands, lambda label: hierarchy[label][2])
         if hierarchy[truth][2]:
-            missed = not any(m is not None and hierarchy[m][2] for m in mapped)
-            safety = cfg.missed_malignant_penalty if missed else 0.0
+            miss, over_call = (1.0 if first is None else 1.0 - discount(first, cfg.discount)), NAN
+            safety = cfg.missed_malignant_penalty * miss
         else:
-            alarm = bool(mapped) and mapped[0] is not None and hierarchy[mapped[0]][2]
-            safety = cfg.false_alarm_penalty if alarm else 0.0
+            miss, over_call = NAN, float(first == 1)
+            safety = cfg.false_alarm_penalty * over_call
     oov_rate = sum(m is None for m in mapped) / len(mapped) if mapped else 0.0
-    comps = {"format": float(parsed.ok), "relevance": relevance, "top1": top1,
-             "safety_penalty": safety, "oov_rate": oov_rate}
+    comps = {"format": float(parsed.ok), "relevance": relevance, "top1": top1, "malignant_miss": miss,
+             "over_call": over_call, "safety_penalty": safety, "oov_rate": oov_rate}
     comps["total"] = sum(_z(v) for v in stage2_contributions(comps, cfg).values())
     return comps
 
@@ -316,7 +356,7 @@ def make_stage2_reward_funcs(cfg: Stage2RewardConfig, space: LabelSpace) -> list
     """``stage2_format``, ``stage2_relevance``, ``stage2_safety``, ``stage2_oov`` (reads ``label``)."""
     return _reward_funcs("stage2", "label", lambda text, label: stage2_components(text, label, space, cfg),
                          lambda c: stage2_contributions(c, cfg), ("format", "relevance", "safety", "oov"),
-                         monitors=("top1", "oov_rate"))
+                         monitors=("top1", "malignant_miss", "over_call", "oov_rate"))
 
 
 def clear_caches() -> None:

@@ -14,6 +14,8 @@ from skinflow.captions.parser import render_caption
 from skinflow.captions.schema import Caption
 from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
 from skinflow.eval.equivalence import LabelSpace
+from skinflow.eval.metrics import image_indicators
+from skinflow.eval.predictions import map_predictions
 from skinflow.rl.rewards import (
     Stage1RewardConfig,
     Stage2RewardConfig,
@@ -74,24 +76,32 @@ def irrelevant_to(truth: str) -> tuple[str, ...]:
 # ---- Stage II -----------------------------------------------------------------------------------
 
 D2, D3 = 1 / math.log2(3), 1 / math.log2(4)
+M = C2.missed_malignant_penalty  # 2.0
 
 
+# Rows with a malignant truth and a benign rank 1 used to pay no safety penalty as long as some
+# malignant label appeared anywhere; that rewarded leading with the benign guess (RL learned it), so
+# the penalty now shrinks with the rank of the first malignant candidate: M * (1 - discount(rank)).
 @pytest.mark.parametrize(
     ("completion", "truth", "expected"),
     [
-        # equivalent label at rank 2: 0.2 + 1.0 * 1/log2(3)
-        (dx("seborrheic keratosis", "malignant melanoma", "psoriasis"), "melanoma", 0.2 + D2),
-        # same nine-partition at rank 2, no safety penalty (a malignant candidate is listed)
-        (dx("nevocytic nevus", "lentigo maligna"), "melanoma", 0.2 + 0.5 * D2),
-        # numbered list of aliases (nevus, SK): malignant truth missed -> 0.2 - 1.0
-        ("1. nevus\n2. SK", "melanoma", 0.2 - 1.0),
+        # equivalent label at rank 2 behind a benign one: 0.2 + 1/log2(3) - 2 * (1 - 1/log2(3))
+        (dx("seborrheic keratosis", "malignant melanoma", "psoriasis"), "melanoma", 0.2 + D2 - 2 * (1 - D2)),
+        # same nine-partition at rank 2, first malignant candidate at rank 2
+        (dx("nevocytic nevus", "lentigo maligna"), "melanoma", 0.2 + 0.5 * D2 - 2 * (1 - D2)),
+        # numbered list of aliases (nevus, SK): malignant truth missed -> 0.2 - 2.0
+        ("1. nevus\n2. SK", "melanoma", 0.2 - 2.0),
         # benign truth, malignant rank 1 (BCC alias) + same nine at rank 2: 0.2 + 0.5/log2(3) - 0.25
         (dx("BCC", "eczema"), "psoriasis", 0.2 + 0.5 * D2 - 0.25),
-        # same three-partition only, at rank 3: 0.2 + 0.2/log2(4)
+        # same nine-partition, first malignant candidate at rank 3: 0.2 + 0.5/log2(4) - 2 * (1 - 1/log2(4))
         (dx("nevocytic nevus", "dermatofibroma", "basal cell carcinoma"), "squamous cell carcinoma",
-         0.2 + 0.5 * D3),
+         0.2 + 0.5 * D3 - 2 * (1 - D3)),
         (dx("nevocytic nevus", "dermatofibroma", "ichthyosis vulgaris"), "psoriasis", 0.2 + 0.2 * D3),
-        ("it is probably melanoma", "melanoma", -1.0),  # unparseable: no list, malignant missed
+        ("it is probably melanoma", "melanoma", -2.0),  # unparseable: no list, malignant missed
+        # malignant first, exact label second: no safety penalty
+        (dx("basal cell carcinoma", "melanoma"), "melanoma", 0.2 + D2),
+        # an alias repeating rank 1 takes no slot (evaluation's candidates): melanoma counts as rank 2
+        (dx("nevus", "mole", "melanoma"), "melanoma", 0.2 + D2 - 2 * (1 - D2)),
     ],
 )
 def test_stage2_hand_computed(completion, truth, expected):
@@ -100,14 +110,22 @@ def test_stage2_hand_computed(completion, truth, expected):
 
 def test_stage2_components_of_a_perfect_answer():
     c = s2(["melanoma", "nevocytic nevus"], "melanoma")
-    assert c == {"format": 1.0, "relevance": 1.0, "top1": 1.0, "safety_penalty": 0.0, "oov_rate": 0.0,
-                 "total": pytest.approx(1.2)}
+    assert math.isnan(c.pop("over_call"))  # over-calling only applies to a non-malignant truth
+    assert c == {"format": 1.0, "relevance": 1.0, "top1": 1.0, "malignant_miss": 0.0, "safety_penalty": 0.0,
+                 "oov_rate": 0.0, "total": pytest.approx(1.2)}
+    b = s2(["psoriasis", "melanoma"], "psoriasis")
+    assert math.isnan(b["malignant_miss"]) and b["over_call"] == 0.0 and b["total"] == pytest.approx(1.2)
 
 
 def _check_stage2_bounds(c: dict[str, float]) -> None:
     assert c["format"] in (0.0, 1.0) and c["top1"] in (0.0, 1.0)
     assert 0.0 <= c["relevance"] <= C2.rel_exact and 0.0 <= c["oov_rate"] <= 1.0
-    assert c["safety_penalty"] in (0.0, C2.missed_malignant_penalty, C2.false_alarm_penalty)
+    assert 0.0 <= c["safety_penalty"] <= max(C2.missed_malignant_penalty, C2.false_alarm_penalty)
+    miss, over = c["malignant_miss"], c["over_call"]
+    assert math.isnan(miss) != math.isnan(over)  # exactly one safety part applies to a known truth
+    assert c["safety_penalty"] == pytest.approx(
+        C2.missed_malignant_penalty * (0.0 if math.isnan(miss) else miss) + C2.false_alarm_penalty * (
+            0.0 if math.isnan(over) else over))
     assert S2_LO <= c["total"] <= S2_HI
     if c["format"] == 0.0:
         assert c["relevance"] == 0.0 and c["top1"] == 0.0
@@ -200,14 +218,22 @@ def test_partial_credit_ordering():
 
 
 @FAST
-@given(data=st.data(), truth=st.sampled_from(MALIGNANT))
-def test_safety_penalty(data, truth):
+@given(data=st.data(), truth=st.sampled_from(MALIGNANT), kind=st.sampled_from(["dcg", "reciprocal"]))
+def test_safety_penalty(data, truth, kind):
+    cfg = Stage2RewardConfig(discount=kind)
     benign = data.draw(st.lists(st.sampled_from(NON_MALIGNANT), min_size=1, max_size=5, unique=True))
     assert s2(benign, truth)["safety_penalty"] == C2.missed_malignant_penalty
     extra = data.draw(st.sampled_from(MALIGNANT))
-    with_malignant = benign.copy()
-    with_malignant.insert(data.draw(st.integers(0, len(benign))), extra)
-    assert s2(with_malignant, truth)["safety_penalty"] == 0.0
+    # The penalty depends on where the first malignant candidate sits (it used to vanish at any rank).
+    penalties = []
+    for rank in range(1, len(benign) + 2):
+        with_malignant = benign.copy()
+        with_malignant.insert(rank - 1, extra)
+        c = s2(with_malignant, truth, cfg)
+        assert c["malignant_miss"] == pytest.approx(1.0 - discount(rank, kind))
+        assert c["safety_penalty"] == pytest.approx(cfg.missed_malignant_penalty * (1.0 - discount(rank, kind)))
+        penalties.append(c["safety_penalty"])
+    assert penalties[0] == 0.0 and penalties == sorted(penalties) and penalties[-1] < cfg.missed_malignant_penalty
     # A non-malignant truth called malignant at rank 1 costs less than missing a malignancy.
     benign_truth = data.draw(st.sampled_from(NON_MALIGNANT))
     alarm = s2([extra, *[b for b in benign if b != benign_truth]], benign_truth)["safety_penalty"]
@@ -215,16 +241,39 @@ def test_safety_penalty(data, truth):
     assert s2(benign[:1] + [extra], benign_truth)["safety_penalty"] == 0.0  # malignant below rank 1 is fine
 
 
+ALIASES = ("MM", "nevus", "mole", "BCC", "SK", "Malignant Melanoma")
+
+
+@FAST
+@given(items=st.lists(st.sampled_from(LABELS + OOV + ALIASES), max_size=7), truth=st.sampled_from(LABELS))
+def test_safety_parts_agree_with_evaluation_metrics(items, truth):
+    """Reward and evaluation share one rank of the first malignant candidate (metrics.first_malignant_rank)."""
+    text = dx(*items)
+    raw = pd.DataFrame({"image_id": ["a"], "label": [truth], "fitzpatrick_scale": [3], "raw_output": [text]})
+    ind = image_indicators(map_predictions(raw, SPACE)[0], SPACE).iloc[0]
+    c = s2(text, truth)
+    assert c["top1"] == float(ind["top1_grounded"])
+    if ind["truth_malignant"]:
+        assert (c["malignant_miss"] == 0.0) == (not ind["miss_at1"])
+        assert (c["malignant_miss"] == 1.0) == bool(ind["miss_at6"])
+        if ind["dangerous_error"]:
+            assert c["malignant_miss"] >= 1.0 - discount(2) - 1e-12
+    else:
+        assert c["over_call"] == float(ind["over_call"])
+
+
 def test_invalid_lists_score_no_format_and_no_relevance():
     for text in (dx("melanoma", "Melanoma"), dx(*LABELS[:7]), dx(), "", '{"diagnoses": ["melanoma"'):
         c = s2(text, "melanoma")
-        assert (c["format"], c["relevance"], c["top1"], c["safety_penalty"]) == (0.0, 0.0, 0.0, 1.0)
+        assert (c["format"], c["relevance"], c["top1"], c["malignant_miss"]) == (0.0, 0.0, 0.0, 1.0)
+        assert c["safety_penalty"] == C2.missed_malignant_penalty
     assert s2(dx(*LABELS[:6]), "melanoma")["format"] == 1.0
 
 
 def test_unknown_truth_is_not_applicable_and_oov_penalty():
     c = s2(["melanoma", "blorp"], "not a label at all")
     assert math.isnan(c["relevance"]) and math.isnan(c["safety_penalty"]) and c["total"] == pytest.approx(0.2)
+    assert math.isnan(c["malignant_miss"]) and math.isnan(c["over_call"])
     cfg = Stage2RewardConfig(oov_penalty=0.4)
     assert s2(["melanoma", "blorp"], "melanoma", cfg)["total"] == pytest.approx(0.2 + 1.0 - 0.4 * 0.5)
 
@@ -366,7 +415,8 @@ def test_stage2_adapters_sum_to_total_for_all_shapes():
         for i, (t, truth) in enumerate(zip(texts, truths)):
             assert sum(col[i] or 0.0 for col in out) == pytest.approx(s2(t, truth)["total"])
         assert out[1][3] is None  # relevance is not applicable for a label outside the taxonomy
-        assert {n for n, _ in logged} == {"rewards/stage2_top1/mean", "rewards/stage2_oov_rate/mean"}
+        assert {n for n, _ in logged} == {f"rewards/stage2_{k}/mean" for k in
+                                          ("top1", "malignant_miss", "over_call", "oov_rate")}
 
 
 def test_stage1_adapters_sum_to_total_and_parse_once():
@@ -388,5 +438,5 @@ def test_stage1_adapters_sum_to_total_and_parse_once():
 @pytest.mark.parametrize("completion", [None, 123, [], [{}], [{"role": "assistant", "content": None}],
                                         {"content": [{"type": "image"}, {"type": "text", "text": 5}]}, [[["x"]]]])
 def test_odd_completion_objects_never_raise(completion):
-    assert stage2_components(completion, "melanoma", SPACE, C2)["total"] == pytest.approx(-1.0)  # no list
+    assert stage2_components(completion, "melanoma", SPACE, C2)["total"] == pytest.approx(-M)  # no list
     assert stage1_components(completion, REF, S1_LABELS, C1)["total"] == 0.0
