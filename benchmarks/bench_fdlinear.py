@@ -30,8 +30,9 @@ from torch import nn
 
 from skinflow.model.fdlinear import FDLinear
 
-FULL_SHAPES = [(1280, 3420), (3420, 1280)]  # (in, out): vision MLP gate/up and down projections
-SMOKE_SHAPES = [(320, 855), (855, 320)]
+# (in, out): Qwen2.5-VL-7B vision MLP gate/up and down projections, and the fused attention qkv
+FULL_SHAPES = [(1280, 3420), (3420, 1280), (1280, 3840)]
+SMOKE_SHAPES = [(320, 855), (855, 320), (320, 960)]
 
 
 def _sync(device: torch.device) -> None:
@@ -50,6 +51,18 @@ def _time(step, device: torch.device, warmup: int, iters: int) -> float:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)  # the least disturbed call: the development machine is shared
+
+
+def _peak_mib(step, device: torch.device) -> float | None:
+    """Peak memory one call allocates above what is already held (CUDA only; None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated(device) - held) / 2**20
 
 
 def _theta_changed(fd: FDLinear) -> None:
@@ -105,6 +118,10 @@ def bench(in_f, out_f, n_images, tokens, device, dtype, warmup, iters) -> dict:
     }
     row = {"in": in_f, "out": out_f, "images": n_images, "tokens_per_image": tokens}
     row |= {f"{k}_ms": 1e3 * v for k, v in t.items()}
+    peak_linear, peak_fd = _peak_mib(lin_train, device), _peak_mib(fd_train_after_update, device)
+    if peak_linear is not None:
+        row |= {"fwd_bwd_peak_linear_mib": peak_linear, "fwd_bwd_peak_fdlinear_mib": peak_fd,
+                "fwd_bwd_peak_ratio": peak_fd / peak_linear}
     row["fwd_bwd_ratio"] = t["fwd_bwd_fdlinear"] / t["fwd_bwd_linear"]
     row["fwd_uncached_ratio"] = t["fwd_fdlinear_uncached"] / t["fwd_linear"]
     row["fwd_cached_ratio"] = t["fwd_fdlinear_cached"] / t["fwd_linear"]
@@ -157,7 +174,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--tokens", type=int, help="tokens per image (default 1024, smoke 256)")
-    ap.add_argument("--images", default="1,2,4")
+    ap.add_argument("--images", help="images per call, comma list (default 1,4,16 on cuda, 1,2,4 on cpu)")
     ap.add_argument("--repeats", type=int, default=8, help="no-grad forwards per generation-style call")
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a busy shared machine)")
@@ -171,6 +188,7 @@ def main() -> None:
     shapes = SMOKE_SHAPES if args.smoke else FULL_SHAPES
     tokens = args.tokens or (256 if args.smoke else 1024)
     iters = args.iters or (20 if device.type == "cuda" else 5)
+    images = args.images or ("1,4,16" if device.type == "cuda" else "1,2,4")
     warmup = 5 if device.type == "cuda" else 1
 
     rows = []
@@ -179,7 +197,7 @@ def main() -> None:
     print(f"{'in->out':>11} {'imgs':>4} {'linear ms':>10} {'fdlinear ms':>12} {'fwd+bwd x':>9} "
           f"{'fwd x':>7} {'fwd cached x':>12}")
     for in_f, out_f in shapes:
-        for n in map(int, args.images.split(",")):
+        for n in map(int, images.split(",")):
             r = bench(in_f, out_f, n, tokens, device, dtype, warmup, iters)
             rows.append(r)
             print(f"{in_f:>5}->{out_f:<5} {n:>4} {r['fwd_bwd_linear_ms']:>10.2f} {r['fwd_bwd_fdlinear_ms']:>12.2f} "
@@ -203,6 +221,9 @@ def main() -> None:
             "torch": torch.__version__, "platform": platform.platform(), "smoke": args.smoke, "iters": iters,
             "loadavg_after": os.getloadavg()}  # 1/5/15-minute load: other jobs on a shared machine
     out.write_text(json.dumps({"meta": meta, "results": rows, "cache": cache_rows}, indent=2))
+    peaks = [r["fwd_bwd_peak_ratio"] for r in rows if "fwd_bwd_peak_ratio" in r]
+    if peaks:
+        print(f"fwd+bwd peak memory ratio FDLinear / nn.Linear: {min(peaks):.2f}x .. {max(peaks):.2f}x")
     print(f"\nmean fwd+bwd ratio {statistics.mean(r['fwd_bwd_ratio'] for r in rows):.2f}x; "
           f"generation-style speedup from the cache "
           f"{statistics.mean(r['gen_speedup'] for r in cache_rows):.2f}x -> {out}")

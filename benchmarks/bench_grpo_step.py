@@ -264,7 +264,8 @@ def run_variant(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------- driver
 def _launch(spec: dict, timeout: int) -> dict:
     """Run one task in a fresh interpreter: the parent never holds model memory (or a CUDA context) itself."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # keep a caller's path
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
     try:
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=timeout)
@@ -295,7 +296,10 @@ def prepare_workspace(root: Path, shape: dict, image_size: int, timeout: int) ->
         if {k: built.get(k) for k in wanted} == wanted:
             print(f"reusing the workspace at {root}", flush=True)
             return built["model"]
-    build_data(root)
+    # The data does not depend on the model shape: a workspace prepared elsewhere (e.g. on a CPU machine,
+    # so a GPU machine needs no validation stack) keeps its data and only gets the model built.
+    if not all((root / name).exists() for name in ("manifest.parquet", "captions.parquet", "taxonomy.csv")):
+        build_data(root)
     labels = sorted(pd.read_csv(root / "taxonomy.csv")["label"])
     info = _launch({"task": "build", "workspace": str(root), "shape": shape, "image_size": image_size,
                     "labels": labels}, timeout)
@@ -347,13 +351,31 @@ def main() -> None:
               "generations": args.generations or (2 if args.smoke else 4),
               "completion_tokens": args.completion_tokens or (16 if args.smoke else 128),
               "gradient_checkpointing": not args.no_gradient_checkpointing}
+    name = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).replace(" ", "_")
+    out = REPO / f"benchmarks/results/grpo_step_{name}{'_smoke' if args.smoke else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"device": device, "device_name": name, "dtype": str(dtype), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "platform": platform.platform(), "smoke": args.smoke, "shape": shape,
+            **model_info, **{k: v for k, v in common.items() if k != "workspace"},
+            "peak_flops": PEAK_FLOPS["cuda"] if device == "cuda" else None}
+    previous = []
+    if out.exists() and args.variants != "all":  # a partial run (one variant per call) adds to a matching file
+        old = json.loads(out.read_text())
+        same = {k: old["meta"].get(k) for k in common if k != "workspace"} == \
+            {k: v for k, v in common.items() if k != "workspace"} and old["meta"].get("shape") == shape \
+            and old["meta"].get("threads") == torch.get_num_threads()
+        previous = old["results"] if same else []
+    names = {f"dve-{'on' if v['dve'] else 'off'}_{'lora' if v['lora'] else 'full'}": v for v in VARIANTS}
+    wanted = list(names) if args.variants == "all" else args.variants.split(",")  # run in the order given
     rows = []
-    for v in VARIANTS:
-        name = f"dve-{'on' if v['dve'] else 'off'}_{'lora' if v['lora'] else 'full'}"
-        if args.variants != "all" and name not in args.variants.split(","):
-            continue
+    for name in wanted:
+        v = names[name]
         row = {"name": name, **v, **_launch({**common, **v, "name": name, "task": "variant"}, args.timeout)}
         rows.append(row)
+        # written after every variant: a run stopped by an outer time limit keeps what it measured
+        kept = [r for r in previous if r["name"] not in {r["name"] for r in rows}] + rows
+        out.write_text(json.dumps({"meta": {**meta, "loadavg_after": os.getloadavg()}, "results": kept},
+                                  indent=2) + "\n")
         if "failed" in row:
             print(f"{name:>13}: FAILED ({row['failed']})\n{row['log_tail'][-600:]}", flush=True)
             continue
@@ -366,23 +388,6 @@ def main() -> None:
               f"{row['trainable_parameters']:,}", flush=True)
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
-
-    name = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).replace(" ", "_")
-    out = REPO / f"benchmarks/results/grpo_step_{name}{'_smoke' if args.smoke else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device, "device_name": name, "dtype": str(dtype), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "platform": platform.platform(), "smoke": args.smoke, "shape": shape,
-            **model_info, **{k: v for k, v in common.items() if k != "workspace"},
-            "peak_flops": PEAK_FLOPS["cuda"] if device == "cuda" else None,
-            "loadavg_after": os.getloadavg()}  # 1/5/15-minute load: other jobs on a shared machine
-    if out.exists() and args.variants != "all":  # a partial run (one variant per call) adds to a matching file
-        previous = json.loads(out.read_text())
-        same = {k: previous["meta"].get(k) for k in common if k != "workspace"} == \
-            {k: v for k, v in common.items() if k != "workspace"} and previous["meta"].get("shape") == shape \
-            and previous["meta"].get("threads") == torch.get_num_threads()
-        if same:
-            rows = [r for r in previous["results"] if r["name"] not in {r["name"] for r in rows}] + rows
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     ok = {r["name"]: r for r in rows if "failed" not in r}
     if "dve-off_full" in ok and "dve-on_full" in ok:
         print(f"DVE on / off step time (full fine-tuning): "

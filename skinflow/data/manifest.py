@@ -9,7 +9,6 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
 SPLITS = ("train", "val", "test", "unused")
@@ -95,6 +94,8 @@ def conform(frame: pd.DataFrame, columns: dict[str, str] = MANIFEST_COLUMNS) -> 
 
 def query(sql: str, **tables: str | Path | pd.DataFrame) -> pd.DataFrame:
     """Run DuckDB SQL over parquet files / frames bound to names, e.g. ``query(q, m="data/manifest.parquet")``."""
+    import duckdb  # only for ad-hoc SQL: the manifest contract itself imports without it
+
     con = duckdb.connect()
     try:
         for name, value in tables.items():

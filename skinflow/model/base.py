@@ -103,8 +103,12 @@ def tokenizer_corpus(labels: Iterable[str]) -> list[str]:
     return lines * 4
 
 
-def build_tiny(out_dir: str | os.PathLike, cfg: BaseModelConfig, labels: list[str]) -> dict:
-    """Write a randomly initialised tiny Qwen2.5-VL model directory."""
+def build_tiny(out_dir: str | os.PathLike, cfg: BaseModelConfig, labels: list[str],
+               device: str | None = None, dtype: torch.dtype | None = None) -> dict:
+    """Write a randomly initialised tiny Qwen2.5-VL model directory.
+
+    ``device``/``dtype`` build the weights directly there (e.g. a 7B-shaped model on a GPU in bf16, which
+    would need a 33 GB fp32 copy on the host otherwise); the default is the pipeline's CPU fp32 build."""
     tiny = cfg.tiny
     tokenizer = train_tokenizer(tokenizer_corpus(labels), tiny.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -130,7 +134,11 @@ def build_tiny(out_dir: str | os.PathLike, cfg: BaseModelConfig, labels: list[st
         tie_word_embeddings=False,
     )
     torch.manual_seed(tiny.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    if device is None and dtype is None:
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    else:
+        with torch.device(device or "cpu"):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype or torch.float32)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     image_processor = Qwen2VLImageProcessorPil(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,

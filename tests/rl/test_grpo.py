@@ -117,7 +117,7 @@ def test_one_grpo_step_on_a_7b_shaped_model_in_bf16(workspace, tmp_path):
                          text_intermediate=18944, vision_hidden=1280, vision_depth=32, vision_heads=16,
                          vision_intermediate=3420, fullatt_block_indexes=[7, 15, 23, 31], window_size=112)
     build_tiny(tmp_path / "base7b", BaseModelConfig(tiny=shape, min_pixels=56 * 56, max_pixels=112 * 112),
-               sorted(pd.read_csv(workspace / "taxonomy.csv")["label"]))
+               sorted(pd.read_csv(workspace / "taxonomy.csv")["label"]), device="cuda", dtype=torch.bfloat16)
     cfg = Stage2Config(max_steps=1, prompts_per_step=2, num_generations=2, train_limit=4,
                        max_completion_length=16, gradient_checkpointing=True, work_dir=str(tmp_path / "work"),
                        dve=DVEConfig(enabled=True, projections=["gate_proj", "up_proj", "down_proj"]))
