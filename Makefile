@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: repro test install bench clean-venv prefect-server prefect-deploy worker-cpu worker-gpu flow
+.PHONY: repro verify-repro test install bench clean-venv prefect-server prefect-deploy worker-cpu worker-gpu flow
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ repro: $(STAMP)
 	  if git rev-parse --git-dir >/dev/null 2>&1; then dvc init --quiet; else dvc init --no-scm --quiet; fi; \
 	fi
 	dvc repro
+
+# After `make repro` on a clean clone: every output's hash must equal the committed dvc.lock's.
+verify-repro: $(STAMP)
+	$(BIN)/skinflow verify-lock --against HEAD
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

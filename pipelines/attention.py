@@ -2,7 +2,7 @@
 
     python -m pipelines.attention [name=model_dir ...] [--only] [--set key=value]
 
-Variants: models/warmup, models/stage1, models/stage2 plus any ``name=dir`` given (``--only``: just
+Variants: models/warmup, models/stage1-s0, models/stage2-s0 (seed 0) plus any ``name=dir`` given (``--only``: just
 those). A variant whose directory is absent is listed under ``missing_variants``, not an error,
 unless none is left. Images: the first ``n_images`` image_ids (sorted) of ``split``. Writes
 ``reports/attention.png`` (rows = images, columns = variants), ``metrics/attention.json`` (per
@@ -31,7 +31,7 @@ from skinflow.model.prompts import model_prompt_style
 from skinflow.data.manifest import image_paths
 from skinflow.report.figures import GridCell, GridRow, attention_grid_png
 
-DEFAULT_VARIANTS = {"warmup": "models/warmup", "stage1": "models/stage1", "stage2": "models/stage2"}
+DEFAULT_VARIANTS = {"warmup": "models/warmup", "stage1": "models/stage1-s0", "stage2": "models/stage2-s0"}
 IN_MANIFEST = "data/manifest.parquet"
 IN_TAXONOMY = "data/interim/taxonomy.csv"
 OUT_PNG = "reports/attention.png"

@@ -8,6 +8,7 @@ import pandas as pd
 
 from skinflow.captions.stage import CaptionStageConfig, run_captions
 from skinflow.io import write_json, write_parquet, write_text
+from skinflow.timing import write_results
 from skinflow.stage import show_progress, stage_config
 
 IN_MANIFEST = "data/manifest.parquet"
@@ -23,8 +24,7 @@ def render_markdown(report: dict) -> str:
              f"Captioner `{report['captioner']}` ({report['captioner_version']}), schema "
              f"`{report['schema_version']}`.", "",
              f"Rows in **{report['rows_in']}** = captioned **{report['captioned']}** + quarantined "
-             f"**{report['quarantined']}**; parse rate {report['parse_rate']:.3f}; "
-             f"{report['reused_from_progress']} reused from an earlier run.", "",
+             f"**{report['quarantined']}**; parse rate {report['parse_rate']:.3f}.", "",
              "| check | success | failing rows |", "|---|---|---|"]
     lines += [f"| {e['name']} | {e['success']} | {e['failing_rows']} |" for e in report["expectations"]]
     if "quality_vs_reference" in report:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     table, quarantine, report = run_captions(pd.read_parquet(IN_MANIFEST), cfg, progress=show_progress())
     write_parquet(OUT_CAPTIONS, table)
     write_parquet(OUT_QUARANTINE, quarantine)
-    write_json(OUT_REPORT, report)
+    write_results(OUT_REPORT, report)
     write_text(OUT_MARKDOWN, render_markdown(report))
     metrics = {"rows_in": report["rows_in"], "captioned": report["captioned"],
                "quarantined": report["quarantined"], "parse_rate": report["parse_rate"]}

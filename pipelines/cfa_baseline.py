@@ -23,6 +23,7 @@ from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.metrics import compute_metrics, confusion_matrix, metrics_markdown, per_group_table, write_confusion
 from skinflow.eval.predictions import map_predictions
 from skinflow.io import atomic_dir, write_csv, write_json, write_parquet, write_text
+from skinflow.timing import write_results
 from skinflow.stage import show_progress, stage_config
 
 IN_MANIFEST = "data/manifest.parquet"
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     with atomic_dir(OUT_MODEL) as tmp:
         save_head(tmp, head, text_embeddings, labels, cfg,
                   {"encoder": report["encoder"], "best_epoch": summary["best_epoch"]})
-    write_json(OUT_METRICS, report)
+    write_results(OUT_METRICS, report)
     curve_columns = ["epoch", *LOSS_TERMS, *(c for c in history[0] if c.startswith("val_"))]
     write_csv(OUT_CURVE, pd.DataFrame(history, columns=curve_columns))
 

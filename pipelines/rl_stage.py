@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from skinflow.io import write_csv, write_json
+from skinflow.io import write_csv
 from skinflow.rl.grpo import history_frame, run_grpo
+from skinflow.timing import split_timing_columns, timing_path, write_results
 
 IN_MANIFEST = "data/manifest.parquet"
 IN_CAPTIONS = "data/captions/captions.parquet"
@@ -17,12 +18,13 @@ def run_stage(stage: str, cfg, in_dir: str, out_dir: str, metrics_prefix: str | 
     prefix = metrics_prefix or f"metrics/{stage}"
     summary = run_grpo(stage, in_dir, out_dir, pd.read_parquet(IN_MANIFEST),
                        pd.read_parquet(IN_CAPTIONS), pd.read_csv(IN_TAXONOMY), cfg)
-    history = history_frame(summary.pop("history"))
+    history, timing = split_timing_columns(history_frame(summary.pop("history")))
     write_csv(f"{prefix}_log.csv", history)
+    write_csv(timing_path(f"{prefix}_log.csv"), timing)
     if len(history) and "reward" in history:
         third = max(1, len(history) // 3)
         summary["reward_first_third"] = round(float(history["reward"].head(third).mean()), 4)
         summary["reward_last_third"] = round(float(history["reward"].tail(third).mean()), 4)
-    write_json(f"{prefix}.json", summary)
+    summary = write_results(f"{prefix}.json", summary)
     print(f"{stage}: {summary}")
     return summary

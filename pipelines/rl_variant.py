@@ -1,8 +1,10 @@
-"""DVC stage `rl_variant@<name>`: one RL stage of an ablation variant (dvc.yaml foreach).
+"""DVC stages `stage1_rl@<seed>`, `stage2_rl@<seed>` and the ablation's RL variants `<variant>@<seed>`.
 
-Same trainer and params section as the main chain (``stage1_rl`` / ``stage2_rl``), with the variant's own
-start model and overrides (e.g. ``dve.enabled=true``, a vision LoRA), so variants differ only where the
-ablation says they do. Outputs: ``models/<name>``, ``metrics/rl/<name>.json`` and ``metrics/rl/<name>_log.csv``.
+One RL run: a stage (``stage1`` / ``stage2``, params section ``stage1_rl`` / ``stage2_rl``), a start model, a seed and
+the variant's overrides (e.g. ``dve.enabled=false``, a vision LoRA), so variants differ only where the ablation says
+they do and seeds only in their random draws. ``{seed}`` in ``--init`` is replaced by the seed, so a chained Stage II
+starts from the Stage I run of the same seed. Outputs: ``models/<variant>-s<seed>``,
+``metrics/rl/<variant>-s<seed>.json`` and ``metrics/rl/<variant>-s<seed>_log.csv`` (run facts under metrics/timing/).
 """
 
 from __future__ import annotations
@@ -16,19 +18,25 @@ from skinflow.rl.grpo import Stage1Config, Stage2Config
 CONFIGS = {"stage1": ("stage1_rl", Stage1Config), "stage2": ("stage2_rl", Stage2Config)}
 
 
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variant", required=True, help="variant name (output directory models/<name>)")
+    parser.add_argument("--variant", required=True, help="variant name (output directory models/<name>-s<seed>)")
     parser.add_argument("--stage", required=True, choices=sorted(CONFIGS))
-    parser.add_argument("--init", required=True, help="model directory to start from")
+    parser.add_argument("--init", required=True, help="model directory to start from ('{seed}' is filled in)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (overrides the section's seed)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     section, model = CONFIGS[args.stage]
-    # A private work dir per variant: checkpoints of two variants must never resume each other.
-    overrides = [f"work_dir=.cache/rl/{args.variant}", *args.overrides]
+    name = run_name(args.variant, args.seed)
+    # A private work dir per run: checkpoints of two runs must never resume each other.
+    overrides = [f"work_dir=.cache/rl/{name}", f"seed={args.seed}", *args.overrides]
     cfg = load_section(section, model, args.params, overrides)
-    return run_stage(args.stage, cfg, args.init, f"models/{args.variant}", f"metrics/rl/{args.variant}")
+    return run_stage(args.stage, cfg, args.init.format(seed=args.seed), f"models/{name}", f"metrics/rl/{name}")
 
 
 if __name__ == "__main__":

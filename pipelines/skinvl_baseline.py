@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from skinflow.baselines.skinvl import SkinVLConfig, run_skinvl
-from skinflow.io import write_json
+from skinflow.timing import write_results
 from skinflow.stage import show_progress, stage_config
 
 IN_MANIFEST = "data/manifest.parquet"
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, _ = stage_config("skinvl_baseline", SkinVLConfig, argv)
     summary = run_skinvl(OUT_DIR, pd.read_parquet(IN_MANIFEST), pd.read_parquet(IN_CAPTIONS),
                          pd.read_csv(IN_TAXONOMY), cfg, progress=show_progress())
-    write_json(OUT_METRICS, summary)
+    write_results(OUT_METRICS, summary)
     for name in ("base", "skinvl"):
         part = summary[name]
         print(f"{name}: BLEU-4 {part['vqa']['bleu4']:.4f}  ROUGE-L {part['vqa']['rouge_l']:.4f}  "

@@ -1,16 +1,15 @@
-"""DVC stage `stage1_rl`: GRPO rewarding schema descriptions of the visible signs."""
+"""Stage I GRPO of the SkinFlow chain (DVE on): models/warmup -> models/stage1-s<seed> (DVC: `stage1_rl@<seed>`)."""
 
 from __future__ import annotations
 
-from pipelines.rl_stage import run_stage
-from skinflow.rl.grpo import Stage1Config
-from skinflow.stage import stage_config
+from pipelines import rl_variant
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg, _ = stage_config("stage1_rl", Stage1Config, argv)
-    return run_stage("stage1", cfg, "models/warmup", "models/stage1")
+    return rl_variant.main(["--variant", "stage1", "--stage", "stage1", "--init", "models/warmup", *(argv or [])])
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

@@ -1,16 +1,16 @@
-"""DVC stage `stage2_rl`: GRPO rewarding a ranked top-6 diagnosis, starting from Stage I."""
+"""Stage II GRPO of the SkinFlow chain: models/stage1-s<seed> -> models/stage2-s<seed> (DVC: `stage2_rl@<seed>`)."""
 
 from __future__ import annotations
 
-from pipelines.rl_stage import run_stage
-from skinflow.rl.grpo import Stage2Config
-from skinflow.stage import stage_config
+from pipelines import rl_variant
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg, _ = stage_config("stage2_rl", Stage2Config, argv)
-    return run_stage("stage2", cfg, "models/stage1", "models/stage2")
+    return rl_variant.main(["--variant", "stage2", "--stage", "stage2", "--init", "models/stage1-s{seed}",
+                            *(argv or [])])
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> dict:
         "quarantine_fraction": report["thresholds"][0]["value"],
         "classes": sum(1 for v in report["class_counts"].values() if v > 0),
         "probable_label_noise": report["oddities"]["probable_label_noise"],
-        "ingest_images_per_second": ingest_report["images_per_second"],
     })
     print(f"validation {report['status']}: {report['rows_in']} in = {report['accepted']} accepted + "
           f"{report['quarantined']} quarantined; report in {OUT_MARKDOWN}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from skinflow.io import write_csv, write_json
+from skinflow.io import write_csv
+from skinflow.timing import write_results
 from skinflow.model.warmup import WarmupConfig, run_warmup
 from skinflow.stage import stage_config
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
         from skinflow.model.formats import format_check
 
         summary["format_check"] = format_check(OUT_DIR, manifest, taxonomy, cfg.eval_images, cfg.max_new_tokens)
-    write_json(OUT_METRICS, summary)
+    summary = write_results(OUT_METRICS, summary)
     print(f"warm-up: {summary}")
     return summary
 

@@ -127,16 +127,19 @@ def warmup(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -
     _run_stage("warmup", params, set_)
 
 
+SeedOption = Annotated[int, typer.Option("--seed", help="the run's seed (one of ablation.seeds in the DAG)")]
+
+
 @app.command("stage1-rl")
-def stage1_rl(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
-    """Stage I GRPO (schema descriptions of visible signs): models/warmup -> models/stage1."""
-    _run_stage("stage1_rl", params, set_)
+def stage1_rl(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, seed: SeedOption = 0) -> None:
+    """Stage I GRPO (schema descriptions of visible signs): models/warmup -> models/stage1-s<seed>."""
+    _run_stage("stage1_rl", params, set_, ("--seed", str(seed)))
 
 
 @app.command("stage2-rl")
-def stage2_rl(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
-    """Stage II GRPO (ranked top-6 diagnosis): models/stage1 -> models/stage2."""
-    _run_stage("stage2_rl", params, set_)
+def stage2_rl(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, seed: SeedOption = 0) -> None:
+    """Stage II GRPO (ranked top-6 diagnosis): models/stage1-s<seed> -> models/stage2-s<seed>."""
+    _run_stage("stage2_rl", params, set_, ("--seed", str(seed)))
 
 
 @app.command()
@@ -194,6 +197,25 @@ def lineage(
     typer.echo(json.dumps(to_json(audit), indent=2, default=str) if as_json else render_tree(audit), nl=as_json)
     if audit.problems:
         raise typer.Exit(code=1)
+
+
+@app.command("verify-lock")
+def verify_lock(
+    against: Annotated[str, typer.Option("--against", help="git revision whose dvc.lock is the reference")] = "HEAD",
+    lock: Annotated[Path, typer.Option("--lock", help="the lock a fresh run wrote")] = Path("dvc.lock"),
+) -> None:
+    """Compare a fresh run's dvc.lock with a committed one, output by output (run facts under metrics/timing/
+    excluded); exit 1 naming every output that differs."""
+    from skinflow.lineage.lockdiff import committed_lock, lock_differences, output_hashes, read_lock
+
+    reference, fresh = committed_lock(against), read_lock(lock)
+    diffs = lock_differences(reference, fresh)
+    for line in diffs:
+        typer.echo(line)
+    n = len(output_hashes(reference))
+    if diffs:
+        _fail(f"{len(diffs)} of {n} outputs differ from {against}'s dvc.lock", code=1)
+    typer.echo(f"all {n} outputs match {against}'s dvc.lock (run facts under metrics/timing/ excluded)")
 
 
 @app.command()

@@ -59,6 +59,7 @@ from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from skinflow.determinism import seed_everything
 from skinflow.config import Section
 from skinflow.io import atomic_path, md5_file
 
@@ -345,7 +346,7 @@ def train_head(train_features: torch.Tensor, train_labels: torch.Tensor, text_em
 
 
 def _train(train_features, train_labels, text_embeddings, cfg: CFAConfig, val_features, val_labels):
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     head = CFAHead(train_features.shape[1], text_embeddings.shape[1], cfg.proj_dim, cfg.temperature)
     head.fit_standardiser(train_features)

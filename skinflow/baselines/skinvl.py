@@ -245,13 +245,13 @@ def _sft_dataset(images: list, answers: list[str]):
 
 def train_skinvl(start_dir: str, out_dir: str, images: list, answers: list[str], cfg: SkinVLConfig) -> dict:
     """LoRA SFT (TRL), merge the adapters and write a plain model directory to ``out_dir``."""
-    from transformers import set_seed
+    from skinflow.determinism import seed_everything
     from trl import SFTConfig, SFTTrainer
 
     from skinflow.model.base import load_model
     from skinflow.model.prompts import model_prompt_style, write_model_meta
 
-    set_seed(cfg.seed)
+    seed_everything(cfg.seed)
     model, processor = load_model(start_dir)
     model = add_lora(model, cfg)
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}

@@ -170,8 +170,7 @@ def render_markdown(report: dict, ingest_report: dict | None = None) -> str:
         "",
     ]
     if ingest_report:
-        lines += [f"Source `{ingest_report['source']}`; md5 verified: {ingest_report['md5_verified']}; "
-                  f"ingest {ingest_report['seconds']} s ({ingest_report['images_per_second']} images/s).", ""]
+        lines += [f"Source `{ingest_report['source']}`; md5 verified: {ingest_report['md5_verified']}.", ""]
         lines += [f"- note: {n}" for n in ingest_report.get("notes", [])] + [""]
     lines += ["## Thresholds", "", "| check | value | warn | fail | status |", "|---|---|---|---|---|"]
     lines += [f"| {c['check']} | {c['value']} | {c['warn']} | {c['fail']} | {c['status']} |"

@@ -6,6 +6,7 @@ little more than a bare interpreter's start-up.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +22,9 @@ def start_command(command: list[str]) -> subprocess.Popen | None:
     if len(command) == 1 and any(ch.isspace() for ch in command[0]):
         command = ["/bin/sh", "-c", command[0]]  # one quoted string: let the shell split it
     try:
-        return subprocess.Popen(command)
+        # A fixed string-hash seed: set iteration order must not change a stage's output between runs.
+        env = {**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
+        return subprocess.Popen(command, env=env)
     except OSError as exc:
         print(f"lineage: cannot start {command[0]!r}: {exc}", file=sys.stderr)
         return None

@@ -165,8 +165,11 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
 
     from skinflow.model.base import load_model
 
+    from skinflow.determinism import seed_everything
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)  # the vision pre-training's pool and head are drawn from the global generator
     train = manifest[manifest["split"] == "train"].sort_values("image_id")
     if cfg.train_limit:
         train = train.head(cfg.train_limit)

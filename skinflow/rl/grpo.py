@@ -196,7 +196,9 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
     else:
         reward_funcs = make_stage2_reward_funcs(cfg.reward, LabelSpace(taxonomy))
 
-    torch.manual_seed(cfg.seed)
+    from skinflow.determinism import seed_everything
+
+    seed_everything(cfg.seed)  # LoRA adapters and the DVE heads are initialised before TRL seeds anything
     model, processor = load_model(in_dir, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model, info = _prepare_model(model, cfg)
     work = Path(cfg.work_dir) / stage

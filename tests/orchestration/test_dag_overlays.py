@@ -41,7 +41,12 @@ def test_generic_imagefolder_resolves(tmp_path):
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name if p else "params.yaml")
 def test_dag_resolves(overlay, tmp_path):
     deps = _resolve(tmp_path, overlay)
-    assert {"synth", "ingest", "caption", "warmup", "stage1_rl", "stage2_rl"} <= set(deps)
+    assert {"synth", "ingest", "caption", "warmup", "stage1_rl@0", "stage2_rl@0"} <= set(deps)
+    seeds = (read_params(overlay).get("ablation", {}) if overlay is not None else {}).get("seeds") \
+        or read_params(REPO / "params.yaml")["ablation"]["seeds"]
+    for seed in seeds:  # one RL run and one evaluation per seed; a chained Stage II starts from its own seed
+        assert f"models/stage1-s{seed}" in deps[f"stage2_rl@{seed}"]
+        assert f"models/stage2-s{seed}" in deps[f"evaluate@stage2-{seed}"]
     for stage, paths in deps.items():
         assert not any(p in ("None", "null", "") for p in paths), f"{stage} has a null dependency: {paths}"
     csv = read_params(overlay).get("ingest", {}).get("csv") if overlay is not None else None
