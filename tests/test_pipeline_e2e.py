@@ -46,7 +46,7 @@ def test_repro_produces_every_declared_output(repo_copy):
     from dvc.repo import Repo
 
     with Repo(str(repo_copy)) as repo:  # foreach/matrix stages resolved, as DVC runs them
-        stages = {stage.addressing: [str(out.def_path) for out in stage.outs] for stage in repo.index.stages}
+        stages = {stage.name: [str(out.def_path) for out in stage.outs] for stage in repo.index.stages}
     lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]
     assert set(lock) == set(stages), set(stages) ^ set(lock)
     for name, outs in stages.items():

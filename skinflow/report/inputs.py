@@ -47,6 +47,7 @@ GLOBS: dict[str, str] = {"eval": "metrics/eval/*.json", "baselines": "metrics/ba
 class ReportConfig(Section):
     title: str = "SkinFlow run report"
     chart_max_points: int = 400      # longer curves are thinned evenly (the CSVs keep every point)
+    git_revision: bool = False       # name the git commit in the report (then it changes with every commit)
 
 
 @dataclass(frozen=True)

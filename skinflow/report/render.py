@@ -372,6 +372,16 @@ def code_text(code: dict) -> str:
     return f"{commit[:12]} + uncommitted changes to {len(code.get('changed') or [])} tracked file(s)"
 
 
+def code_line(inputs: ReportInputs) -> str:
+    """How the report names the code its numbers came from. By default the dvc.lock hashes in each section's
+    provenance (content, so the report is a pure function of its dependencies and reproduces byte for byte);
+    the git revision only when ``report.git_revision`` asks for it (it changes with every commit)."""
+    if inputs.config.git_revision:
+        return f"Code revision: {code_text(inputs.code)}. {changed_files_text(inputs.code)}".strip()
+    return ("Code: identified by the dvc.lock md5 of each stage's code and inputs, listed per section; the git "
+            "revision of every stage run is in the lineage ledger (`skinflow runs`).")
+
+
 def changed_files_text(code: dict) -> str:
     changed = code.get("changed") or []
     return f"Uncommitted changes: {', '.join(changed)}." if code.get("dirty") and changed else ""
@@ -414,8 +424,7 @@ def render_html(inputs: ReportInputs) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{escape(inputs.config.title)}</title><style>{CSS}</style></head><body>",
            f"<h1>{escape(inputs.config.title)}</h1>",
-           f"<p>Code revision: <code>{escape(code_text(inputs.code))}</code>. "
-           f"{escape(changed_files_text(inputs.code))} Each section lists the files its numbers come from, "
+           f"<p>{escape(code_line(inputs))} Each section lists the files its numbers come from, "
            "the DVC stage that produced each, the md5 dvc.lock recorded for it and the params that stage "
            "ran with.</p>",
            "<ul>" + "".join(f'<li><a href="#{s.key}">{escape(s.title)}</a></li>' for s in sections) + "</ul>"]
@@ -424,8 +433,8 @@ def render_html(inputs: ReportInputs) -> str:
         out += [_html_part(p) for p in s.parts]
         rows = provenance_rows(s)
         body = _html_table(Table(PROVENANCE_HEADER, rows), "prov") if rows else f"<p>{NOT_PRODUCED}</p>"
-        out.append(f"<details open><summary>Provenance (code {escape(code_text(inputs.code))})</summary>"
-                   f"{body}</details></section>")
+        code = f" (code {escape(code_text(inputs.code))})" if inputs.config.git_revision else ""
+        out.append(f"<details open><summary>Provenance{code}</summary>{body}</details></section>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -443,9 +452,8 @@ def _md_table(t: Table) -> list[str]:
 
 def render_markdown(inputs: ReportInputs) -> str:
     sections = build_sections(inputs)
-    lines = [f"# {inputs.config.title}", "", f"Code revision: `{code_text(inputs.code)}`. "
-             f"{changed_files_text(inputs.code)} Charts are in report.html; every section ends with the "
-             "provenance of its numbers.".replace("  ", " "), ""]
+    lines = [f"# {inputs.config.title}", "", f"{code_line(inputs)} Charts are in report.html; every section "
+             "ends with the provenance of its numbers.", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
         for part in s.parts:
@@ -458,6 +466,7 @@ def render_markdown(inputs: ReportInputs) -> str:
             elif isinstance(part, Figure):
                 lines += [f"![{part.alt}]({part.href})", ""]
         rows = provenance_rows(s)
-        lines += [f"Provenance (code `{code_text(inputs.code)}`):", ""]
+        lines += [f"Provenance (code `{code_text(inputs.code)}`):" if inputs.config.git_revision else "Provenance:",
+                  ""]
         lines += _md_table(Table(PROVENANCE_HEADER, rows)) if rows else [NOT_PRODUCED, ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -148,6 +148,7 @@ def test_small_label_space_reported_as_such():
 
 def test_provenance_shown_for_every_present_input():
     inputs = full_inputs()
+    inputs = ReportInputs(inputs.config.model_copy(update={"git_revision": True}), inputs.code, inputs.artifacts)
     html, md = render_html(inputs), render_markdown(inputs)
     assert "0123456789ab + uncommitted changes to 1 tracked file(s)" in md and "skinflow/x.py" in md
     assert md.count("Provenance (code `0123456789ab") == len(TITLES)
@@ -164,7 +165,7 @@ def test_missing_inputs_render_as_not_produced():
             assert title in text
         for path in (*SOURCES.values(), "metrics/eval/*.json", "metrics/baselines/*.json"):
             assert f"{path}: {NOT_PRODUCED}" in text, path
-        assert "unknown (not a git checkout)" in text
+        assert "skinflow runs" in text  # code named by dvc.lock hashes, not a git commit
     # One section's input missing leaves the others intact.
     inputs = full_inputs()
     partial = {n: a for n, a in inputs.artifacts.items() if n != "captions"}
@@ -206,3 +207,11 @@ def test_empty_or_all_nan_curves(frame):
     artifacts = {**inputs.artifacts, "warmup_curve": _artifact("warmup_curve", "metrics/warmup_curve.csv", frame, "warmup")}
     html = render_html(ReportInputs(inputs.config, inputs.code, artifacts))
     assert "Warm-up" in html and ("no data" in html or f"metrics/warmup_curve.csv: {NOT_PRODUCED}" in html)
+
+
+def test_report_does_not_name_the_git_commit_by_default():
+    """The report is a pure function of its DVC dependencies: a new commit that changes none of them must not
+    change its bytes (the lineage ledger keeps each run's git revision)."""
+    inputs = full_inputs()
+    html, md = render_html(inputs), render_markdown(inputs)
+    assert "0123456789ab" not in md and "0123456789ab" not in html and "skinflow runs" in md
