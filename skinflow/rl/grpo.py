@@ -63,6 +63,9 @@ class RLStageConfig(Section):
     # hf: rollouts by Hugging Face generate on the training model. vllm: TRL's vLLM rollouts (GPU
     # workers with vLLM installed); vLLM runs its own vision tower without FDLinear, so only with DVE off.
     rollout_engine: Literal["hf", "vllm"] = "hf"
+    # Every n-th step the frozen starting policy answers the same prompts: control_reward and reward_gain in the
+    # log (skinflow.rl.control). It doubles rollout generation on those steps; 0 turns it off.
+    control_every: int = Field(1, ge=0)
 
     @model_validator(mode="after")
     def _rollouts_match_the_model(self) -> "RLStageConfig":
@@ -183,6 +186,7 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
 
     from skinflow.eval.equivalence import LabelSpace
     from skinflow.model.base import load_model
+    from skinflow.rl.control import attach_control, control_summary, frozen_copy, needs_copy
     from skinflow.rl.rewards import make_stage1_reward_funcs, make_stage2_reward_funcs
 
     task = CAPTION_TASK if stage == "stage1" else DIAGNOSIS_TASK
@@ -219,10 +223,14 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
         from skinflow.model.fdlinear import dve_param_groups
 
         optimizers = (torch.optim.AdamW(dve_param_groups(model, cfg.learning_rate, cfg.dve.head_lr_scale)), None)
+    # Taken before TRL patches the model's forward (a later copy would run the policy); only without a KL reference.
+    frozen = frozen_copy(model) if cfg.control_every and needs_copy(model, cfg.beta) else None
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, optimizers=optimizers,
                           train_dataset=_dataset(examples), processing_class=processor)
     trainer.add_callback(ThroughputCallback(info["parameters"]))
     info["reference_aligned"] = align_reference(trainer)
+    control = attach_control(trainer, cfg.control_every, cfg.seed, frozen)
+    info["control_model"] = control.source if control else None
     resume = latest_complete_checkpoint(work)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -240,7 +248,7 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
     return {"enabled": True, "task": task, "history": history, "resumed_from": resume.name if resume else None,
             "train_seconds": round(seconds, 2), "steps": cfg.max_steps,
             "seconds_per_step": round(seconds / cfg.max_steps, 4),
-            "train_images": len(examples), **info}
+            "train_images": len(examples), "control": control_summary(history, cfg.seed), **info}
 
 
 def latest_complete_checkpoint(work: Path) -> Path | None:
@@ -256,8 +264,8 @@ def latest_complete_checkpoint(work: Path) -> Path | None:
 def history_frame(history: list[dict]) -> pd.DataFrame:
     """Per-step log as a flat table (reward components, KL, entropy, tokens/s) for DVC plots."""
     frame = pd.DataFrame(history)
-    keep = [c for c in frame.columns if c == "step" or c.startswith(("reward", "rewards/", "kl", "entropy",
-                                                                    "tokens_per_second", "mfu", "loss",
+    keep = [c for c in frame.columns if c == "step" or c.startswith(("reward", "rewards/", "control_", "kl",
+                                                                    "entropy", "tokens_per_second", "mfu", "loss",
                                                                     "completions/mean_length"))]
     frame = frame[keep] if keep else frame
     frame.columns = [c.replace("/", "_") for c in frame.columns]
