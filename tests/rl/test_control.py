@@ -23,20 +23,6 @@ from safetensors.torch import load_file
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    from micro_model import micro_vl_config
-
-    from skinflow.data.corpus import captioned_skinsynth
-    from skinflow.model.base import BaseModelConfig, build_tiny
-
-    root = tmp_path_factory.mktemp("control")
-    _, _, taxonomy = captioned_skinsynth(root)
-    build_tiny(root / "base", BaseModelConfig(tiny=micro_vl_config(), min_pixels=56 * 56, max_pixels=56 * 56),
-               sorted(taxonomy["label"]))
-    return root
-
-
 def _length_reward(prompts=None, completions=(), **kwargs):
     from skinflow.rl.rewards import completion_text
 

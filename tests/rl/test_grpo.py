@@ -46,19 +46,6 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    from skinflow.data.corpus import captioned_skinsynth
-    from micro_model import micro_vl_config
-    from skinflow.model.base import BaseModelConfig, build_tiny
-
-    root = tmp_path_factory.mktemp("grpo")
-    _, _, taxonomy = captioned_skinsynth(root)
-    build_tiny(root / "base", BaseModelConfig(tiny=micro_vl_config(), min_pixels=56 * 56, max_pixels=56 * 56),
-               sorted(taxonomy["label"]))
-    return root
-
-
 def _start(workspace: Path, name: str, hold: bool = False) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(workspace), str(workspace / name / "out"),
