@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
 from skinflow.orchestration.checkout import CheckoutBusy, checkout_lock, record_dvc_lock
-from skinflow.orchestration.dvc_stages import is_gpu_stage, metrics_table, run_stage, stage_order, stage_runner
+from skinflow.orchestration.dvc_stages import headline_table, run_stage, stage_plan, stage_runner
 
 
 def _retry_unless_busy(task, task_run, state) -> bool:
@@ -41,7 +41,8 @@ def dvc_stage(name: str, repo_dir: str) -> str:
 @flow(name="skinflow-pipeline", log_prints=True)
 def pipeline(repo_dir: str = ".", only: list[str] | None = None, gpu: bool | None = None,
              retries: int = 2, commit_lock: bool = False) -> list[str]:
-    """Run the DAG's stages in order (``only``: a subset; ``gpu``: only GPU or only CPU stages).
+    """Run the DAG's stages in order (``only``: a subset; ``gpu``: only the stages whose dvc.yaml ``meta.pool`` is
+    gpu, or only the others).
 
     ``retries`` covers transient failures (a killed worker, a full disk freed meanwhile); a stage
     that fails deterministically fails the flow with the stage's last output lines, and a checkout
@@ -50,18 +51,19 @@ def pipeline(repo_dir: str = ".", only: list[str] | None = None, gpu: bool | Non
     if ``commit_lock``)."""
     with checkout_lock(repo_dir), stage_runner(repo_dir, extra_env=_lineage_env()):
         done = []
-        for name in stage_order(repo_dir):
-            if (only and name not in only) or (gpu is not None and is_gpu_stage(name) != gpu):
+        for name, pool in stage_plan(repo_dir):
+            if (only and name not in only) or (gpu is not None and (pool == "gpu") != gpu):
                 continue
             run = dvc_stage.with_options(task_run_name=f"dvc:{name}", retries=retries)
             done.append(run(name, repo_dir))
         record = record_dvc_lock(repo_dir, commit=commit_lock,
                                  message=f"dvc.lock after pipeline stages: {', '.join(done) or 'none'}")
-        table = metrics_table(repo_dir)
+        table = headline_table(repo_dir)
     create_markdown_artifact(key="skinflow-metrics", markdown=(
-        "# SkinFlow run\n\nStages: " + ", ".join(done) + "\n\n" + (table or "(no metrics)")
-        + "\n\nReports: `data/reports/validation.md`, `data/reports/captions.md`, `reports/ablation.md`\n"),
-        description="DVC metrics after this run")
+        "# SkinFlow run\n\nStages: " + ", ".join(done) + "\n\n" + (table or "(no results yet)")
+        + "\n\nFull tables: `reports/ablation.md` (paired differences with CIs), `reports/report.html`, "
+        "`data/reports/validation.md`, `data/reports/captions.md`; every metric: `dvc metrics show`\n"),
+        description="Headline results after this run")
     create_markdown_artifact(key="skinflow-dvc-lock", markdown=record.markdown(),
                              description="dvc.lock after this run (sha256 of the file)")
     return done

@@ -22,23 +22,30 @@ from skinflow.orchestration.dvc_worker import DvcWorker, WorkerGone, follow, out
 
 _WORKERS: dict[str, DvcWorker] = {}
 
-# Stages that want an accelerator when one is available (routed to the `gpu` work pool).
-GPU_STAGE_PREFIXES = ("stage1_rl", "stage2_rl", "evaluate@")
+# A stage's work pool is declared once, in dvc.yaml: `meta: {pool: gpu}` (DVC ignores `meta` when hashing).
+DEFAULT_POOL = "cpu"
+POOLS = ("cpu", "gpu")
 
 
-def stage_order(repo_dir: str | os.PathLike = ".") -> list[str]:
-    """Every stage of dvc.yaml (foreach items expanded) in dependency order."""
+def stage_plan(repo_dir: str | os.PathLike = ".") -> list[tuple[str, str]]:
+    """(stage, pool) for every stage of dvc.yaml (foreach/matrix items expanded) in dependency order."""
     import networkx as nx
     from dvc.repo import Repo
 
     with Repo(str(repo_dir)) as repo:
         graph = repo.index.graph
         # DVC's edges point from a stage to the stages it depends on.
-        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+        plan = [(stage.name, (stage.meta or {}).get("pool", DEFAULT_POOL))
+                for stage in reversed(list(nx.topological_sort(graph)))]
+    unknown = sorted({pool for _, pool in plan} - set(POOLS))
+    if unknown:
+        raise ValueError(f"dvc.yaml names unknown pools {unknown} in meta.pool; known: {list(POOLS)}")
+    return plan
 
 
-def is_gpu_stage(name: str) -> bool:
-    return name.startswith(GPU_STAGE_PREFIXES)
+def stage_order(repo_dir: str | os.PathLike = ".") -> list[str]:
+    """Every stage of dvc.yaml (foreach/matrix items expanded) in dependency order."""
+    return [name for name, _ in stage_plan(repo_dir)]
 
 
 class StageFailed(RuntimeError):
@@ -96,9 +103,33 @@ def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str],
         raise StageFailed(name, proc.returncode, "\n".join(tail))
 
 
-def metrics_table(repo_dir: str | os.PathLike = ".") -> str:
-    """``dvc metrics show --md`` for the run artifact (empty string if DVC cannot show metrics)."""
-    result = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--md"], cwd=repo_dir,
-                            capture_output=True, text=True,
-                            env={**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"})
-    return result.stdout if result.returncode == 0 else ""
+def headline_table(repo_dir: str | os.PathLike = ".") -> str:
+    """The run's result in a few lines: per variant Top-1 / Top-k / malignant-miss@1 (mean over seeds, 95 % CI)
+    from reports/ablation.json, and the data / caption checks; empty string when the ablation has not run."""
+    import json
+
+    root = Path(repo_dir)
+    lines = []
+    for name, path in (("data", "metrics/data.json"), ("captions", "metrics/captions.json")):
+        if (root / path).exists():
+            values = json.loads((root / path).read_text())
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()
+                                                    if isinstance(v, (int, float, str))))
+    ablation = root / "reports/ablation.json"
+    if not ablation.exists():
+        return "\n".join(lines)
+    data = json.loads(ablation.read_text())
+    rows, order = data.get("rows") or {}, data.get("row_order") or []
+
+    def cell(metric: dict | None) -> str:
+        if not metric or metric.get("value") is None:
+            return "—"
+        return f"{100 * metric['value']:.1f} [{100 * metric['ci_low']:.1f}, {100 * metric['ci_high']:.1f}]"
+
+    topk = next((k for k in (rows[order[0]] if order else {}) if k.startswith("top") and k != "top1_exact"
+                 and k.endswith("_exact")), "top6_exact")
+    lines += ["", f"| variant | seeds | Top-1 % | {topk.split('_')[0].capitalize()} % | malignant miss@1 % |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {n} | {rows[n].get('n_seeds', 1)} | {cell(rows[n].get('top1_exact'))} | {cell(rows[n].get(topk))} | "
+              f"{cell(rows[n].get('malignant_miss_at1'))} |" for n in order]
+    return "\n".join(lines)

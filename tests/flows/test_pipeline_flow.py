@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from skinflow.orchestration.dvc_stages import StageFailed, is_gpu_stage, stage_order
+from skinflow.orchestration.dvc_stages import StageFailed, headline_table, stage_order, stage_plan
+
+REPO = Path(__file__).resolve().parents[2]
 
 DVC_YAML = textwrap.dedent("""
     stages:
@@ -50,8 +52,16 @@ def test_stage_order_follows_the_dag_not_the_file(toy_repo):
     assert stage_order(toy_repo) == ["first", "second", "broken"]
 
 
-def test_gpu_routing_names():
-    assert is_gpu_stage("stage1_rl") and is_gpu_stage("evaluate@stage2") and not is_gpu_stage("ingest")
+def test_pools_come_from_dvc_yaml_meta():
+    """Placement is declared once, in dvc.yaml; every model-running stage of the real DAG is on the gpu pool."""
+    pools = dict(stage_plan(REPO))
+    assert pools["ingest"] == "cpu" and pools["warmup"] == "cpu" and pools["report"] == "cpu"
+    for name, pool in pools.items():
+        runs_a_model = name.split("@")[0] in {"stage1_rl", "stage2_rl", "s1_nodve", "s1_s2", "stage2_only",
+                                              "dve_only", "vlora_s1", "vision_lora", "evaluate",
+                                              "evaluate_control", "evaluate_single", "skinvl_baseline",
+                                              "attention"}
+        assert pool == ("gpu" if runs_a_model else "cpu"), (name, pool)
 
 
 def test_stage_task_has_no_tags():
@@ -170,3 +180,20 @@ def test_stage_subprocess_sees_the_flow_run_id(tmp_path, harness):
     state = pipeline(str(tmp_path), return_state=True)
     assert state.is_completed()
     assert (tmp_path / "id.txt").read_text() == str(state.state_details.flow_run_id)
+
+
+def test_headline_table_is_compact(tmp_path):
+    import json
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/data.json").write_text(json.dumps({"rows_in": 10, "accepted": 9, "quarantined": 1}))
+    cell = {"value": 0.3, "ci_low": 0.25, "ci_high": 0.35, "sd": 0.01}
+    (tmp_path / "reports/ablation.json").write_text(json.dumps({
+        "row_order": ["warmup", "stage2"],
+        "rows": {n: {"n_seeds": s, "top1_exact": cell, "top6_exact": cell, "malignant_miss_at1": cell}
+                 for n, s in (("warmup", 1), ("stage2", 3))}}))
+    table = headline_table(tmp_path)
+    assert "| stage2 | 3 | 30.0 [25.0, 35.0] |" in table and "rows_in 10" in table
+    assert len(table.splitlines()) <= 8
+    assert headline_table(tmp_path / "nowhere") == ""
