@@ -17,7 +17,7 @@ from skinflow.cli import app
 REPO = Path(__file__).resolve().parents[1]
 STAGE_COMMANDS = {"synth", "ingest", "validate", "caption", "base-model", "warmup", "stage1-rl", "stage2-rl",
                   "evaluate", "ablation"}
-OTHER_COMMANDS = {"report", "lineage", "runs", "doctor"}
+OTHER_COMMANDS = {"verify-lock", "report", "lineage", "runs", "doctor"}
 runner = CliRunner()
 
 
@@ -130,3 +130,27 @@ def test_doctor_reports_remote_prefect_and_gpu(monkeypatch):
         assert label in result.output
     monkeypatch.delenv("PREFECT_API_URL")
     assert "PREFECT_API_URL not set" in runner.invoke(app, ["doctor"]).output
+
+
+def test_verify_lock_names_every_differing_output(tmp_path, monkeypatch):
+    """`skinflow verify-lock` against a committed dvc.lock: exit 0 when every output matches, 1 naming each
+    difference (run facts under metrics/timing/ ignored)."""
+    import subprocess
+
+    import yaml
+
+    lock = {"schema": "2.0", "stages": {"warmup": {"cmd": "x", "outs": [
+        {"path": "models/warmup", "md5": "a.dir"}, {"path": "metrics/timing/warmup.json", "md5": "t"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    for cmd in (["git", "init", "-q"], ["git", "add", "dvc.lock"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    lock["stages"]["warmup"]["outs"][1]["md5"] = "other"  # a run fact: ignored
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    ok = runner.invoke(app, ["verify-lock"])
+    assert ok.exit_code == 0 and "all 1 outputs match" in ok.output
+    lock["stages"]["warmup"]["outs"][0]["md5"] = "b.dir"
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    bad = runner.invoke(app, ["verify-lock"])
+    assert bad.exit_code == 1 and "warmup: models/warmup differs (a.dir vs b.dir)" in bad.output
