@@ -57,11 +57,10 @@ def timing_path(result_path: str) -> str:
     return str(PurePosixPath(TIMING_DIR, *rel))
 
 
-def write_results(path: str, data: dict, extra_timing: dict | None = None) -> dict:
-    """Write ``data`` without its run facts to ``path`` and the run facts to ``timing_path(path)``; returns both
-    merged back (for printing)."""
+def write_results(path: str, data: dict) -> dict:
+    """Write ``data`` without its run facts to ``path`` and the run facts to ``timing_path(path)``; returns
+    ``data`` whole (for printing)."""
     result, timing = split_timing(data)
-    timing = {**(timing or {}), **(extra_timing or {})}
     write_json(path, result)
-    write_json(timing_path(path), timing)
-    return {**data, **(extra_timing or {})}
+    write_json(timing_path(path), timing or {})
+    return data

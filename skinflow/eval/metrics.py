@@ -174,22 +174,34 @@ def image_indicators(mapped: pd.DataFrame, space: LabelSpace, k: int | None = No
     return out
 
 
-def _bootstrap(num: np.ndarray, den: np.ndarray, n_boot: int, rng: np.random.Generator,
-               ci: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile CI per column of ``num/den`` (rows = images); NaN where no replicate is defined."""
+def ratio_or_nan(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, NaN where den is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def bootstrap_ratios(num: np.ndarray, den: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot x columns`` replicates of ``sum num / sum den`` over resampled images (rows of
+    ``num``/``den``); every column of one replicate sees the same resample. NaN = empty denominator."""
     n, m = num.shape
-    reps = np.empty((n_boot, m))
+    reps = np.full((n_boot, m), np.nan)
+    if n == 0:
+        return reps
     chunk = max(1, 4_000_000 // n)  # bounds the (replicates x images) count matrix to ~32 MB
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
         counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(float)
-        rnum, rden = counts @ num, counts @ den  # integer-valued floats: exact, deterministic
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reps[start:start + b] = np.where(rden > 0, rnum / np.where(rden > 0, rden, 1), np.nan)
+        reps[start:start + b] = ratio_or_nan(counts @ num, counts @ den)  # integer-valued floats: exact
+    return reps
+
+
+def percentile_ci(reps: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval per column; replicates with an empty denominator are dropped (a
+    conditional bootstrap); NaN where none is defined."""
     alpha = (1 - ci) / 2 * 100
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN, handled by caller
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN, handled by callers
         low, high = np.nanpercentile(reps, [alpha, 100 - alpha], axis=0)
     return low, high
 
@@ -205,7 +217,7 @@ def _summarise(ind: pd.DataFrame, definitions: dict[str, tuple[str, str]], n_boo
     tot_num, tot_den = num.sum(axis=0), den.sum(axis=0)
     low = high = np.full(len(definitions), np.nan)
     if n_boot > 0 and len(ind) > 0:
-        low, high = _bootstrap(num, den, n_boot, rng, ci)
+        low, high = percentile_ci(bootstrap_ratios(num, den, n_boot, rng), ci)
     out = {}
     for j, name in enumerate(definitions):
         defined = tot_den[j] > 0

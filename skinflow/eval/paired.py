@@ -27,7 +27,6 @@ import ast
 import json
 import math
 import re
-import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Mapping, Sequence
@@ -38,7 +37,9 @@ from pydantic import Field, field_validator
 
 from skinflow.config import Section
 from skinflow.eval.equivalence import LabelSpace
-from skinflow.eval.metrics import image_indicators, metric_definitions
+from skinflow.eval.metrics import (
+    bootstrap_ratios, image_indicators, metric_definitions, percentile_ci, ratio_or_nan,
+)
 
 # "{k}" is the evaluation's top-k depth (``effective_k``), filled in by ``metric_names``.
 METRICS = ("top1_exact", "top{k}_exact", "top1_grounded", "top{k}_grounded", "malignant_miss_at1",
@@ -149,7 +150,7 @@ class Evaluation:
 
     def values(self) -> dict[str, float | None]:
         """Each metric on this evaluation alone (what evaluate's JSON reports as ``value``)."""
-        return dict(zip(self.metrics, _ratio(self.num.sum(0), self.den.sum(0)).tolist()))
+        return dict(zip(self.metrics, ratio_or_nan(self.num.sum(0), self.den.sum(0)).tolist()))
 
     def restricted(self, keep: set[str]) -> Evaluation:
         mask = np.fromiter((i in keep for i in self.image_ids), dtype=bool, count=len(self.image_ids))
@@ -244,37 +245,6 @@ def ordered_variants(variants: Sequence[str]) -> list[str]:
 # ---- statistics ---------------------------------------------------------------------------------
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-
-
-def bootstrap_ratios(num: np.ndarray, den: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_boot x columns`` replicates of ``sum num / sum den`` over resampled images (rows of
-    ``num``/``den``); every column of one replicate sees the same resample. NaN = empty denominator."""
-    n, m = num.shape
-    reps = np.full((n_boot, m), np.nan)
-    if n == 0:
-        return reps
-    chunk = max(1, 4_000_000 // n)  # bounds the (replicates x images) count matrix to ~32 MB
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(float)
-        reps[start:start + b] = _ratio(counts @ num, counts @ den)
-    return reps
-
-
-def percentile_ci(reps: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval per column; replicates with an empty denominator are dropped (a
-    conditional bootstrap, as in ``skinflow.eval.metrics``); NaN where none is defined."""
-    alpha = (1 - ci) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
-        low, high = np.nanpercentile(reps, [alpha, 100 - alpha], axis=0)
-    return low, high
-
-
 def _pooled(row: Row) -> tuple[np.ndarray, np.ndarray]:
     """Per-image numerators and denominators pooled over the row's seeds (images x metrics).
 
@@ -306,9 +276,9 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
 def summarise_row(row: Row, n_boot: int, seed: int, ci: float) -> dict[str, Any]:
     """Per metric: mean/sd/min/max over seeds, each seed's value, and the seed-pooled value with
     its bootstrap CI (``n`` = the pooled denominator, e.g. malignant truths for miss@1)."""
-    per_seed = _ratio(row.num.sum(1), row.den.sum(1))                 # seeds x metrics
+    per_seed = ratio_or_nan(row.num.sum(1), row.den.sum(1))                 # seeds x metrics
     num, den = _pooled(row)
-    pooled = _ratio(num.sum(0), den.sum(0))
+    pooled = ratio_or_nan(num.sum(0), den.sum(0))
     low, high = percentile_ci(bootstrap_ratios(num, den, n_boot, _stream(seed, _ROW_STREAM, row.variant)), ci)
     metrics = {}
     for j, name in enumerate(row.metrics):
@@ -337,12 +307,12 @@ def paired_difference(a: Row, b: Row, n_boot: int, seed: int, ci: float) -> dict
     m = len(a.metrics)
     (num_a, den_a), (num_b, den_b) = _pooled(a), _pooled(b)
     num, den = np.hstack([num_a, num_b]), np.hstack([den_a, den_b])   # images x (metrics of A | of B)
-    point = _ratio(num.sum(0), den.sum(0))
+    point = ratio_or_nan(num.sum(0), den.sum(0))
     reps = bootstrap_ratios(num, den, n_boot, _stream(seed, _PAIR_STREAM, f"{a.variant}\0{b.variant}"))
     low, high = percentile_ci(reps[:, :m] - reps[:, m:], ci)
     # Same seed number in both rows; only meaningful as a spread with two pairs or more.
     common = sorted(set(a.seeds) & set(b.seeds)) if min(len(a.seeds), len(b.seeds)) >= 2 else []
-    va, vb = _ratio(a.num.sum(1), a.den.sum(1)), _ratio(b.num.sum(1), b.den.sum(1))
+    va, vb = ratio_or_nan(a.num.sum(1), a.den.sum(1)), ratio_or_nan(b.num.sum(1), b.den.sum(1))
     out = {}
     for j, name in enumerate(a.metrics):
         diff = _num(point[j] - point[m + j])

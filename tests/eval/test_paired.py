@@ -11,10 +11,10 @@ import yaml
 
 import pipelines.ablation as ablation
 from skinflow.eval.equivalence import LabelSpace
-from skinflow.eval.metrics import compute_metrics, confusion_matrix
+from skinflow.eval.metrics import bootstrap_ratios, compute_metrics, confusion_matrix, percentile_ci
 from skinflow.eval.paired import (
-    NO_EFFECT, AblationConfig, ablation_results, bootstrap_ratios, compact, evaluation, group_rows,
-    markdown, paired_difference, parse_ranked, percentile_ci,
+    NO_EFFECT, AblationConfig, ablation_results, compact, evaluation, group_rows,
+    markdown, paired_difference, parse_ranked,
 )
 from skinflow.eval.predictions import map_predictions
 from skinflow.io import write_json
