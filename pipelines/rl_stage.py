@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from skinflow.io import write_csv
+from skinflow.rl.control import third_means
 from skinflow.rl.grpo import history_frame, run_grpo
 from skinflow.timing import split_timing_columns, timing_path, write_results
 
@@ -22,9 +23,7 @@ def run_stage(stage: str, cfg, in_dir: str, out_dir: str, metrics_prefix: str | 
     write_csv(f"{prefix}_log.csv", history)
     write_csv(timing_path(f"{prefix}_log.csv"), timing)
     if len(history) and "reward" in history:
-        third = max(1, len(history) // 3)
-        summary["reward_first_third"] = round(float(history["reward"].head(third).mean()), 4)
-        summary["reward_last_third"] = round(float(history["reward"].tail(third).mean()), 4)
+        summary["reward_first_third"], summary["reward_last_third"] = third_means(history["reward"])
     summary = write_results(f"{prefix}.json", summary)
     print(f"{stage}: {summary}")
     return summary

@@ -207,6 +207,15 @@ def attach_control(trainer, every: int, seed: int, frozen=None) -> RewardControl
     return RewardControl(trainer, every, seed, frozen) if every else None
 
 
+def third_means(values) -> tuple[float, float] | None:
+    """Means of the first and the last third (``max(1, n // 3)`` values) of a logged series, rounded."""
+    series = np.asarray(values, dtype=float)
+    if not len(series):
+        return None
+    third = max(1, len(series) // 3)
+    return _round(series[:third].mean()), _round(series[-third:].mean())
+
+
 def control_summary(history: list[dict], seed: int, n_boot: int = N_BOOT) -> dict | None:
     """Control and gain over a run's logged steps; None when no step has a control.
 
@@ -218,12 +227,12 @@ def control_summary(history: list[dict], seed: int, n_boot: int = N_BOOT) -> dic
         return None
     control = np.array([h["control_reward"] for h in rows], dtype=float)
     gain = np.array([h["reward_gain"] for h in rows], dtype=float)
-    third = max(1, len(rows) // 3)
-    last = gain[-third:]
+    last = gain[-max(1, len(rows) // 3):]
     draws = np.random.default_rng(seed).integers(0, len(last), size=(n_boot, len(last)))
     low, high = np.percentile(last[draws].mean(axis=1), [2.5, 97.5])
-    return {"steps": len(rows), "reward_first_third": _round(control[:third].mean()),
-            "reward_last_third": _round(control[-third:].mean()), "gain_mean": _round(gain.mean()),
+    first_control, last_control = third_means(control)
+    return {"steps": len(rows), "reward_first_third": first_control,
+            "reward_last_third": last_control, "gain_mean": _round(gain.mean()),
             "gain_last_third": _round(last.mean()), "gain_ci_low": _round(low), "gain_ci_high": _round(high)}
 
 
