@@ -174,6 +174,9 @@ def _prepare_model(model, cfg: RLStageConfig) -> tuple[object, dict]:
     return model, info
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".pt")
+
+
 def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, manifest: pd.DataFrame,
              captions: pd.DataFrame, taxonomy: pd.DataFrame, cfg: RLStageConfig) -> dict:
     """Train one RL stage (or pass ``in_dir`` through when disabled); returns summary + history."""
@@ -239,10 +242,11 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
     final = trainer.model.merge_and_unload() if cfg.lora.enabled else trainer.model
     with atomic_dir(out_dir) as tmp:
         final.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        for extra in ("chat_template.jinja", "skinflow_model.json"):
-            if Path(in_dir, extra).exists():
-                shutil.copy(Path(in_dir, extra), tmp / extra)
+        # The processor is the start model's, byte for byte: saving the live one would record whatever
+        # padding state the last rollout left in the tokenizer (it made model dirs depend on the control schedule).
+        for extra in sorted(Path(in_dir).iterdir()):
+            if extra.is_file() and not (tmp / extra.name).exists() and not extra.name.endswith(WEIGHT_SUFFIXES):
+                shutil.copy(extra, tmp / extra.name)
     shutil.rmtree(work, ignore_errors=True)
     history = [h for h in trainer.state.log_history if "reward" in h]
     return {"enabled": True, "task": task, "history": history, "resumed_from": resume.name if resume else None,

@@ -91,6 +91,17 @@ def test_same_seed_same_weights(workspace, uninterrupted):
     assert any(not (a[k] == base[k]).all() for k in a if k in base), "training must move the weights"
 
 
+@pytest.mark.slow
+def test_trained_model_keeps_the_start_models_processor_files(workspace, uninterrupted):
+    """Byte-identical, so a model dir's hash depends on its weights and not on the tokenizer's last padding."""
+    start, out = workspace / "base", workspace / "a/out"
+    kept = [p.name for p in sorted(start.iterdir()) if p.is_file() and p.suffix in (".json", ".jinja")
+            and p.name not in ("config.json", "generation_config.json")]
+    assert "tokenizer.json" in kept
+    for name in kept:
+        assert (out / name).read_bytes() == (start / name).read_bytes(), name
+
+
 @pytest.fixture(scope="module")
 def resumed(workspace) -> dict:
     """Run "c" killed right after its first checkpoint, then started again."""
