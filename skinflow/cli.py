@@ -219,6 +219,19 @@ def verify_lock(
 
 
 @app.command()
+def deps(
+    stages: Annotated[Optional[list[str]], typer.Argument(help="stages (e.g. synth, stage1_rl@0, stage1_rl); default all")] = None,
+    check: Annotated[bool, typer.Option("--check", help="exit 1 naming each code file a stage's dvc.yaml deps miss")] = False,
+) -> None:
+    """The in-repo code each dvc.yaml stage runs (its imports, transitively), marked where its deps miss it."""
+    from skinflow.lineage.code_deps import main
+
+    code = main([*(stages or []), *(["--check"] if check else [])])
+    if code:
+        raise typer.Exit(code=code)
+
+
+@app.command()
 def runs(
     stage: Annotated[Optional[str], typer.Option("--stage", help="only this stage (e.g. evaluate@stage2)")] = None,
     limit: Annotated[int, typer.Option("--limit", help="newest N runs")] = 20,
