@@ -19,6 +19,7 @@ from typing import Iterable
 from PIL import Image
 
 from skinflow.data.manifest import Reason
+from skinflow.data.near_duplicates import perceptual_hash
 from skinflow.io import md5_bytes
 
 
@@ -27,6 +28,7 @@ class ProbeSettings:
     min_side: int = 32
     max_pixels: int = 40_000_000
     full_decode: bool = False
+    hash_size: int = 0       # > 0: also compute the perceptual hash (near_duplicates) from the decode
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Probe:
     mode: str | None = None
     error: str | None = None
     detail: str | None = None
+    perceptual_hash: str | None = None
 
 
 def probe_image(path: str | os.PathLike, settings: ProbeSettings = ProbeSettings()) -> Probe:
@@ -65,10 +68,14 @@ def probe_bytes(data: bytes, settings: ProbeSettings = ProbeSettings()) -> Probe
                     return Probe(**base, error=Reason.DECOMPRESSION_BOMB,
                                  detail=f"{width}x{height} exceeds {settings.max_pixels} pixels")
                 if img.format == "JPEG" and not settings.full_decode:
-                    img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+                    # The hash needs a thumbnail of at least 4 * hash_size px; ask for 64.
+                    floor = 64 if settings.hash_size else 1
+                    img.draft(img.mode, (max(floor, width // 8), max(floor, height // 8)))
                 img.load()
                 if img.format == "PNG" and len(data) > 24 and data[24] > 8:
                     mode = f"{mode};{data[24]}bit"
+                elif settings.hash_size and mode == "RGB" and min(width, height) >= settings.min_side:
+                    base["perceptual_hash"] = perceptual_hash(img, settings.hash_size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Probe(content_md5=digest, error=Reason.DECOMPRESSION_BOMB, detail=str(exc)[:200])
     except OSError as exc:

@@ -16,10 +16,14 @@ from skinflow.config import Section
 from skinflow.data.adapters import ADAPTERS, IngestError
 from skinflow.data.images import ProbeSettings, probe_images
 from skinflow.data.manifest import Reason, conform
+from skinflow.data.near_duplicates import HASH_SIZE, NearDuplicateConfig, cluster_ids
+from skinflow.data.near_duplicates import summary as near_duplicate_summary
 from skinflow.data.splits import SplitConfig, assign_splits
 from skinflow.data.taxonomy import load_taxonomy
 
 __all__ = ["IngestConfig", "IngestError", "ingest"]
+
+LARGE_CLUSTER_ROWS = 50
 
 
 class IngestConfig(Section):
@@ -33,6 +37,7 @@ class IngestConfig(Section):
     max_pixels: int = 40_000_000     # larger headers are treated as decompression bombs
     full_decode: bool = False        # True: full-resolution JPEG decode (slower, same verdicts)
     workers: int = 0                 # 0 = one per CPU core
+    near_duplicates: NearDuplicateConfig = NearDuplicateConfig()
     splits: SplitConfig = SplitConfig()
 
 
@@ -46,12 +51,15 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
     root = Path(cfg.image_root)
     rows["image_root"] = cfg.image_root
     readable = rows["ingest_error"].isna()
-    settings = ProbeSettings(min_side=cfg.min_side, max_pixels=cfg.max_pixels, full_decode=cfg.full_decode)
+    dups = cfg.near_duplicates
+    settings = ProbeSettings(min_side=cfg.min_side, max_pixels=cfg.max_pixels, full_decode=cfg.full_decode,
+                             hash_size=HASH_SIZE if dups.enabled else 0)
     probes = probe_images((root / p for p in rows.loc[readable, "rel_path"]), settings,
                           workers=cfg.workers or None, progress=progress)
     probed = pd.DataFrame([p.__dict__ for p in probes], index=rows.index[readable],
-                          columns=["content_md5", "width", "height", "mode", "error", "detail"])
-    for column in ("content_md5", "width", "height", "mode"):
+                          columns=["content_md5", "width", "height", "mode", "error", "detail",
+                                   "perceptual_hash"])
+    for column in ("content_md5", "width", "height", "mode", "perceptual_hash"):
         rows[column] = probed[column].reindex(rows.index)
     rows.loc[readable, "ingest_error"] = probed["error"]
     rows.loc[readable, "ingest_detail"] = probed["detail"]
@@ -61,6 +69,20 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
                     & (rows["content_md5"] != rows["declared_md5"]))
         rows.loc[mismatch, "ingest_error"] = Reason.MD5_MISMATCH.value
         rows.loc[mismatch, "ingest_detail"] = "file md5 " + rows.loc[mismatch, "content_md5"]
+
+    dup_started = time.perf_counter()
+    rows["perceptual_hash"] = rows["perceptual_hash"].where(rows["ingest_error"].isna())
+    if dups.enabled:
+        rows["near_dup_cluster"], pairs = cluster_ids(rows, dups.max_distance)
+    else:
+        rows["near_dup_cluster"], pairs = pd.Series(pd.NA, index=rows.index, dtype="string"), []
+    dup_report = {"enabled": dups.enabled, "max_distance": dups.max_distance,
+                  **near_duplicate_summary(rows, pairs),
+                  "seconds": round(time.perf_counter() - dup_started, 3)}
+    if dup_report["largest_cluster"] > LARGE_CLUSTER_ROWS:
+        # Real near-duplicate clusters are pairs and triples; hundreds mean chained links.
+        notes.append(f"largest near-duplicate cluster has {dup_report['largest_cluster']} rows: "
+                     "ingest.near_duplicates.max_distance is probably too loose for these images")
 
     rows = pd.concat([rows, assign_splits(rows, cfg.splits)], axis=1)
     manifest = conform(rows.loc[:, ~rows.columns.duplicated(keep="last")])
@@ -72,6 +94,7 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
         "ingest_errors": manifest["ingest_error"].value_counts().to_dict(),
         "md5_verified": cfg.verify_md5,
         "notes": notes,
+        "near_duplicates": dup_report,
         "seconds": round(seconds, 3),
         "images_per_second": round(len(manifest) / seconds, 1) if seconds else None,
     }

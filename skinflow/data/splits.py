@@ -2,8 +2,8 @@
 
 Assignment depends only on (seed, group key, label) and the set of groups, never on row order, so
 re-ordering rows changes nothing. Cut points are exact per label (stratification), so appending
-rows can move a few existing groups across a cut. Rows sharing a content hash form one group and
-always land in the same split.
+rows can move a few existing groups across a cut. Rows sharing a content hash or a near-duplicate
+cluster (``near_dup_cluster``) form one group and always land in the same split.
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ def _rank(seed: int, key: str) -> str:
 
 
 def _group_keys(frame: pd.DataFrame) -> pd.Series:
-    # Identical bytes are one group; rows without a readable hash fall back to their image id.
-    return frame["content_md5"].fillna(frame["image_id"]).fillna(frame["source_row"].astype(str))
+    # A near-duplicate cluster is one group; so are identical bytes; rows without a readable hash
+    # fall back to their image id.
+    keys = frame["content_md5"].fillna(frame["image_id"]).fillna(frame["source_row"].astype(str))
+    if "near_dup_cluster" in frame:
+        keys = frame["near_dup_cluster"].fillna(keys)
+    return keys
 
 
 def _stratified(groups: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
@@ -101,7 +105,7 @@ def assign_splits(frame: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
 
 
 def leaking_groups(frame: pd.DataFrame, split_column: str = "split") -> pd.Series:
-    """Boolean mask of rows whose content-hash group appears in more than one split."""
+    """Boolean mask of rows whose group (content hash or near-duplicate cluster) is in several splits."""
     keys = _group_keys(frame)
     n_splits = frame.groupby(keys)[split_column].transform("nunique")
     return n_splits > 1

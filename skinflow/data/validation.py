@@ -15,6 +15,7 @@ from pydantic import Field
 from skinflow.config import Section
 from skinflow.data import gx_suites
 from skinflow.data.manifest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, Reason, conform
+from skinflow.data.near_duplicates import summary as near_duplicate_summary
 from skinflow.data.oddities import find_oddities
 from skinflow.data.splits import leaking_groups
 from skinflow.data.taxonomy import label_paths
@@ -98,9 +99,20 @@ def _duplicates(frame: pd.DataFrame, reasons: dict) -> None:
 
 def _leakage(frame: pd.DataFrame, reasons: dict) -> None:
     hashed = frame[frame["content_md5"].notna()]
-    leaking = leaking_groups(hashed)
-    for row_id in hashed.loc[leaking & (hashed["split"] != "train"), "row_id"]:
-        reasons[row_id].append((Reason.SPLIT_LEAKAGE, "same image in another split"))
+    leaking = leaking_groups(hashed) & (hashed["split"] != "train")
+    for row in hashed[leaking].itertuples():
+        cluster = row.near_dup_cluster
+        detail = (f"near-duplicate (cluster {cluster}) in another split" if isinstance(cluster, str)
+                  else "same image in another split")
+        reasons[row.row_id].append((Reason.SPLIT_LEAKAGE, detail))
+
+
+def _near_duplicate_report(frame: pd.DataFrame) -> dict:
+    """Cluster counts over every input row, and how many clusters the active split cuts through."""
+    out = near_duplicate_summary(frame)
+    clustered = frame[frame["near_dup_cluster"].notna()]
+    out["straddling_splits"] = int((clustered.groupby("near_dup_cluster")["split"].nunique() > 1).sum())
+    return out
 
 
 def _quarantine_table(bad: pd.DataFrame, reasons: dict) -> pd.DataFrame:
@@ -155,6 +167,7 @@ def _report(frame, accepted, quarantine, row_checks, table_checks, taxonomy, cfg
         "classes_without_images": [k for k, v in class_counts.items() if v == 0],
         "split_counts": accepted["split"].value_counts().sort_index().to_dict(),
         "split_label_counts": {s: {k: int(v) for k, v in row.items()} for s, row in per_split.iterrows()},
+        "near_duplicates": _near_duplicate_report(frame),
         "oddities": find_oddities(frame, taxonomy, cfg.label_noise_own_similarity,
                                   cfg.label_noise_other_similarity),
     }
@@ -182,7 +195,15 @@ def render_markdown(report: dict, ingest_report: dict | None = None) -> str:
     lines += [f"| {e['name']} | table | {e['success']} | |" for e in report["table_expectations"]]
     lines += ["", "## Classes (accepted rows)", "", "| label | images |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report["class_counts"].items(), key=lambda kv: -kv[1])]
-    lines += ["", f"Splits: {report['split_counts']}", "",
+    dups = report.get("near_duplicates", {})
+    lines += ["", f"Splits: {report['split_counts']}", "", "## Near-duplicate clusters", "",
+              f"{dups.get('clusters', 0)} clusters hold {dups.get('rows_in_clusters', 0)} rows "
+              f"({dups.get('images_in_clusters', 0)} distinct images, largest "
+              f"{dups.get('largest_cluster', 0)}); {dups.get('clusters_with_mixed_labels', 0)} mix labels; "
+              f"{dups.get('straddling_splits', 0)} straddle splits (their non-train rows are quarantined "
+              "as split_leakage).", ""]
+    lines += [f"- `{c['cluster']}`: {c['rows']} rows, labels {c['labels']}" for c in dups.get("largest", [])[:10]]
+    lines += ["",
               "## Dataset oddities (warnings, not failures)", "",
               f"- empty url: {odd['empty_url']}",
               f"- expert QC rows: {odd['qc_checked']} ({odd['qc_verdicts']}); wrongly labelled: "

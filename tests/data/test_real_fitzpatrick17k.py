@@ -1,7 +1,9 @@
 """Ingest + validate the real 16,577-row Fitzpatrick17k table with generated stand-in images.
 
 The real images are not redistributable, so each row gets a small distinct JPEG named by its
-md5hash; md5 verification is off because no stand-in can match the real hashes. The counts below
+md5hash; md5 verification is off because no stand-in can match the real hashes, and near-duplicate
+clustering is off because the stand-ins are tiny periodic textures that perceptual hashes cannot
+tell apart (tests/data/test_near_duplicates.py covers clustering on real images). The counts below
 are facts of the published table (see ../shared/README.md), so a regression in any oddity check
 shows up as a wrong number.
 """
@@ -15,6 +17,7 @@ from PIL import Image
 
 from shared_data import shared_file
 from skinflow.data.ingest import IngestConfig, ingest
+from skinflow.data.near_duplicates import NearDuplicateConfig
 from skinflow.data.splits import SplitConfig
 from skinflow.data.validation import ValidateConfig, render_markdown, validate
 
@@ -28,6 +31,7 @@ def validated(tmp_path_factory):
         pixels = np.resize(np.frombuffer(bytes.fromhex(md5), dtype=np.uint8), (40, 40, 3))
         Image.fromarray(pixels).save(root / f"{md5}.jpg", quality=80)
     cfg = IngestConfig(csv=str(csv), image_root=str(root), taxonomy=str(taxonomy), verify_md5=False,
+                       near_duplicates=NearDuplicateConfig(enabled=False),
                        splits=SplitConfig(protocol="expert_selected"))
     rows, tax, ingest_report = ingest(cfg)
     manifest, quarantine, report = validate(rows, tax, ValidateConfig())
