@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from skinflow.config import (
     SECTION_MODELS, ConfigError, Section, apply_overrides, load_section, overlay_params, read_params, section_model,
@@ -201,3 +201,47 @@ def test_repo_ingest_section_nested_splits_and_override():
         load_section("ingest", IngestConfig, PARAMS, overrides=["splits.train=0.9"])
     with pytest.raises(ConfigError, match=r"ingest\.sorce"):
         load_section("ingest", IngestConfig, PARAMS, overrides=["sorce=generic"])
+
+
+# --------------------------------------------------------------------------- one set of defaults
+
+_REQUIRED = object()
+
+
+def _code_default(owner, key: str):
+    """The value a section gets for ``key`` when params.yaml does not set it (``owner``: a model class, or the
+    default instance of a nested section)."""
+    if not isinstance(owner, type):
+        return getattr(owner, key)
+    field = owner.model_fields[key]
+    return _REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
+
+
+def _drifted(owner, loaded, written: dict, path: str) -> tuple[list[str], int]:
+    """``(["path: code default X, params.yaml Y", ...], keys compared)`` over every key params.yaml sets, at any depth."""
+    drifts, compared = [], 0
+    for key, value in written.items():
+        default, given = _code_default(owner, key), getattr(loaded, key)
+        if default is _REQUIRED:
+            continue
+        if isinstance(default, BaseModel) and isinstance(value, dict):
+            more, n = _drifted(default, given, value, f"{path}.{key}")
+            drifts, compared = drifts + more, compared + n
+            continue
+        compared += 1
+        if default != given:
+            drifts.append(f"{path}.{key}: code default {default!r}, params.yaml {given!r}")
+    return drifts, compared
+
+
+def test_code_defaults_equal_params_yaml():
+    """params.yaml is the one source of a default: a section built without it (CLI defaults, tests, benchmarks,
+    corpus helpers) gets exactly what the pipeline runs with."""
+    params = read_params(PARAMS)
+    drifts, compared = [], 0
+    for section in sorted(params):
+        model = section_model(section)
+        more, n = _drifted(model, load_section(section, model, PARAMS), params[section], section)
+        drifts, compared = drifts + more, compared + n
+    assert compared > 100, compared
+    assert not drifts, "set these code defaults to params.yaml's values:\n" + "\n".join(drifts)

@@ -303,7 +303,7 @@ class SynthConfig(Section):
     """params.yaml section ``synth``."""
 
     seed: int = 17
-    n_images: int = Field(1200, ge=1, le=1_000_000)
+    n_images: int = Field(3000, ge=1, le=1_000_000)
     image_size: int = Field(128, ge=64, le=256)
     jpeg_quality: int = Field(90, ge=10, le=100)
     conditions: list[str] | None = None

@@ -28,7 +28,7 @@ from skinflow.model.prompts import CAPTION_TASK, model_prompt_style, write_model
 
 class WarmupConfig(Section):
     enabled: bool = True
-    max_steps: int = Field(300, ge=1)
+    max_steps: int = Field(1600, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     batch_size: int = Field(8, ge=1)
@@ -40,10 +40,10 @@ class WarmupConfig(Section):
     seed: int = 0
     threads: int = Field(0, ge=0)          # torch threads; 0 = library default
     gradient_checkpointing: bool = False   # TRL turns it on by default; it only costs time at tiny sizes
-    vision_lr_scale: float = Field(1.0, gt=0)   # SFT lr multiplier for the vision tower + merger
-    diagnosis_repeat: int = Field(1, ge=1)      # copies of each diagnosis example in the SFT set
-    vision_pretrain_steps: int = Field(0, ge=0)  # supervised vision warm start before SFT (0 = off)
-    vision_pretrain_lr: float = Field(5e-4, gt=0)
+    vision_lr_scale: float = Field(0.1, gt=0)   # SFT lr multiplier for the vision tower + merger
+    diagnosis_repeat: int = Field(2, ge=1)      # copies of each diagnosis example in the SFT set
+    vision_pretrain_steps: int = Field(3000, ge=0)  # supervised vision warm start before SFT (0 = off)
+    vision_pretrain_lr: float = Field(1e-3, gt=0)
     vision_pretrain_batch_size: int = Field(16, ge=1)
     # How the throwaway head pools the image tokens: mean/max/min statistics, or learned attention queries
     # (the way the decoder itself reads the image: a query scoring each token, softmax, weighted sum).

@@ -53,7 +53,7 @@ class RLStageConfig(Section):
     max_completion_length: int = Field(192, ge=8)  # a compact schema caption is ~135 tokens
     train_limit: int | None = 256             # training images (None = whole train split)
     train_vision: bool = True                 # False freezes the vision tower (DVE heads stay trainable)
-    dve: DVEConfig = DVEConfig(enabled=False)
+    dve: DVEConfig = DVEConfig()
     lora: LoraSettings = LoraSettings()
     save_steps: int = Field(10, ge=1)         # checkpoint cadence for resume
     logging_steps: int = Field(1, ge=1)
@@ -79,6 +79,10 @@ class Stage1Config(RLStageConfig):
 
 
 class Stage2Config(RLStageConfig):
+    learning_rate: float = Field(5e-5, gt=0)
+    prompts_per_step: int = Field(8, ge=1)
+    num_generations: int = Field(8, ge=2)
+    beta: float = Field(0.1, ge=0)
     max_completion_length: int = Field(64, ge=8)
     reward: Stage2RewardConfig = Stage2RewardConfig()
 

@@ -35,7 +35,8 @@ def _run(workspace: Path, name: str, **overrides) -> dict:
     from skinflow.rl.grpo import Stage2Config, run_grpo
 
     settings = dict(max_steps=STEPS, save_steps=100, prompts_per_step=2, num_generations=2, train_limit=8,
-                    max_completion_length=12, learning_rate=1e-2, work_dir=str(workspace / name / "work"), seed=3)
+                    max_completion_length=12, learning_rate=1e-2, beta=0.02, dve={"enabled": False},
+                    work_dir=str(workspace / name / "work"), seed=3)
     cfg = Stage2Config(**{**settings, **overrides})
     stage2 = rewards.make_stage2_reward_funcs
     with pytest.MonkeyPatch.context() as patch:

@@ -48,7 +48,8 @@ DRIVER = textwrap.dedent("""
         return [len(completion_text(c)) / 40 for c in completions]
     rewards.make_stage2_reward_funcs = lambda c, space: stage2_funcs(c, space) + [length_reward]
     cfg = Stage2Config(max_steps=4, save_steps=2, prompts_per_step=2, num_generations=2, train_limit=8,
-                       max_completion_length=12, learning_rate=1e-2, work_dir=work, seed=3)
+                       max_completion_length=12, learning_rate=1e-2, beta=0.02, dve={"enabled": False},
+                       work_dir=work, seed=3)
     summary = run_grpo("stage2", f"{root}/base", out, pd.read_parquet(f"{root}/manifest.parquet"),
                        pd.read_parquet(f"{root}/captions.parquet"), pd.read_csv(f"{root}/taxonomy.csv"), cfg)
     summary.pop("history")
