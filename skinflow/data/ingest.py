@@ -18,7 +18,7 @@ from skinflow.data.images import ProbeSettings, probe_images
 from skinflow.data.manifest import Reason, conform
 from skinflow.data.near_duplicates import HASH_SIZE, NearDuplicateConfig, cluster_ids
 from skinflow.data.near_duplicates import summary as near_duplicate_summary
-from skinflow.data.splits import SplitConfig, assign_splits
+from skinflow.data.splits import SplitConfig, assign_splits, split_file_report
 from skinflow.data.taxonomy import load_taxonomy
 
 __all__ = ["IngestConfig", "IngestError", "ingest"]
@@ -95,6 +95,7 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
         "md5_verified": cfg.verify_md5,
         "notes": notes,
         "near_duplicates": dup_report,
+        "split_file": split_file_report(manifest, cfg.splits),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(manifest) / seconds, 1) if seconds else None,
     }

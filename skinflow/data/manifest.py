@@ -60,6 +60,8 @@ class Reason(StrEnum):
     DUPLICATE_ROW = "duplicate_row"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     SPLIT_LEAKAGE = "split_leakage"
+    NOT_IN_SPLIT_FILE = "not_in_split_file"          # protocol file: the published split omits the row
+    REMOVED_BY_SPLIT_FILE = "removed_by_split_file"  # protocol file: the published split removes it
 
 
 QUARANTINE_COLUMNS: dict[str, str] = {

@@ -64,6 +64,7 @@ def validate(rows: pd.DataFrame, taxonomy: pd.DataFrame, cfg: ValidateConfig
                 reasons[row_id].append((outcome.reason, outcome.name))
     _duplicates(frame, reasons)
     _leakage(frame, reasons)
+    _split_exclusions(frame, reasons)
 
     bad = {row_id for row_id, found in reasons.items() if found}
     accepted = frame[~frame["row_id"].isin(bad)]
@@ -105,6 +106,16 @@ def _leakage(frame: pd.DataFrame, reasons: dict) -> None:
         detail = (f"near-duplicate (cluster {cluster}) in another split" if isinstance(cluster, str)
                   else "same image in another split")
         reasons[row.row_id].append((Reason.SPLIT_LEAKAGE, detail))
+
+
+def _split_exclusions(frame: pd.DataFrame, reasons: dict) -> None:
+    """Rows a published split file removes or never mentions (protocol file)."""
+    if "split_exclusion" not in frame:
+        return
+    for row_id, code in frame.loc[frame["split_exclusion"].notna(), ["row_id", "split_exclusion"]].to_numpy():
+        text = ("the split file does not list this image" if code == Reason.NOT_IN_SPLIT_FILE
+                else "the split file marks this image removed")
+        reasons[row_id].append((code, text))
 
 
 def _near_duplicate_report(frame: pd.DataFrame) -> dict:
@@ -185,6 +196,19 @@ def render_markdown(report: dict, ingest_report: dict | None = None) -> str:
     if ingest_report:
         lines += [f"Source `{ingest_report['source']}`; md5 verified: {ingest_report['md5_verified']}.", ""]
         lines += [f"- note: {n}" for n in ingest_report.get("notes", [])] + [""]
+        published = ingest_report.get("split_file")
+        if published:
+            lines += ["## Published split file", "",
+                      f"`{published['file']}` (md5 {published['file_md5']}, {published['file_rows']} ids; "
+                      f"{'the active protocol' if published['active'] else 'recorded as split_file only'}): "
+                      f"{published['split_counts']}; removed by the file {published['removed_by_file']}; "
+                      f"rows the file does not list **{published['not_in_file']}**; file ids not in the "
+                      f"table {published['file_ids_not_in_table']}.", ""]
+            if published["not_in_file"]:
+                shown = published["not_in_file_ids"][:20]
+                lines += [f"Not listed (first {len(shown)}; all are in the quarantine table as "
+                          f"`not_in_split_file` when the protocol is active): "
+                          + ", ".join(f"`{i}`" for i in shown), ""]
     lines += ["## Thresholds", "", "| check | value | warn | fail | status |", "|---|---|---|---|---|"]
     lines += [f"| {c['check']} | {c['value']} | {c['warn']} | {c['fail']} | {c['status']} |"
               for c in report["thresholds"]]
