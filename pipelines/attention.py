@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from skinflow.captions.parser import parse_diagnoses
-from skinflow.config import load_section
 from skinflow.eval.attention import (
     AGGREGATION, AttentionConfig, back_project, explain_variant, lesion_geometry, score_explanation,
     variant_summary,
@@ -30,6 +29,7 @@ from skinflow.model.examples import load_rgb
 from skinflow.model.prompts import model_prompt_style
 from skinflow.data.manifest import image_paths
 from skinflow.report.figures import GridCell, GridRow, attention_grid_png
+from skinflow.stage import params_parser, stage_config
 
 DEFAULT_VARIANTS = {"warmup": "models/warmup", "stage1": "models/stage1-s0", "stage2": "models/stage2-s0"}
 IN_MANIFEST = "data/manifest.parquet"
@@ -64,13 +64,10 @@ def _caption(cell: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = params_parser("attention", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="*", metavar="NAME=DIR", help="extra model variants")
     parser.add_argument("--only", action="store_true", help="only the variants given, no defaults")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    cfg = load_section("attention", AttentionConfig, args.params, args.overrides)
+    cfg, args = stage_config("attention", AttentionConfig, argv, parser)
     variants = parse_variants(args.variants) if args.only else {**DEFAULT_VARIANTS, **parse_variants(args.variants)}
 
     manifest = pd.read_parquet(IN_MANIFEST)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pandas as pd
 
-from skinflow.config import load_section
 from skinflow.eval.evaluate import EvalConfig, evaluate_model
 from skinflow.eval.metrics import metrics_markdown, per_group_table, write_confusion
 from skinflow.io import write_csv, write_json, write_parquet, write_text
-from skinflow.stage import show_progress
+from skinflow.stage import params_parser, show_progress, stage_config
 
 IN_MANIFEST = "data/manifest.parquet"
 IN_CAPTIONS = "data/captions/captions.parquet"
@@ -19,15 +17,12 @@ IN_TAXONOMY = "data/interim/taxonomy.csv"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = params_parser("evaluate", description=__doc__)
     parser.add_argument("--variant", required=True)
     parser.add_argument("--model", required=True, help="model directory to evaluate")
     parser.add_argument("--seed", type=int, default=0,
                         help="training seed of the evaluated model (recorded; the ablation pools over it)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    cfg = load_section("evaluate", EvalConfig, args.params, args.overrides)
+    cfg, args = stage_config("evaluate", EvalConfig, argv, parser)
     result = evaluate_model(args.model, pd.read_parquet(IN_MANIFEST), pd.read_parquet(IN_CAPTIONS),
                             pd.read_csv(IN_TAXONOMY), cfg, progress=show_progress())
     out = f"data/eval/{args.variant}"

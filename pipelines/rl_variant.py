@@ -9,11 +9,9 @@ starts from the Stage I run of the same seed. Outputs: ``models/<variant>-s<seed
 
 from __future__ import annotations
 
-import argparse
-
 from pipelines.rl_stage import run_stage
-from skinflow.config import load_section
 from skinflow.rl.grpo import Stage1Config, Stage2Config
+from skinflow.stage import params_parser, section_from_args
 
 CONFIGS = {"stage1": ("stage1_rl", Stage1Config), "stage2": ("stage2_rl", Stage2Config)}
 
@@ -23,19 +21,16 @@ def run_name(variant: str, seed: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = params_parser("stage1_rl | stage2_rl (by --stage)", description=__doc__)
     parser.add_argument("--variant", required=True, help="variant name (output directory models/<name>-s<seed>)")
     parser.add_argument("--stage", required=True, choices=sorted(CONFIGS))
     parser.add_argument("--init", required=True, help="model directory to start from ('{seed}' is filled in)")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed (overrides the section's seed)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     section, model = CONFIGS[args.stage]
     name = run_name(args.variant, args.seed)
     # A private work dir per run: checkpoints of two runs must never resume each other.
-    overrides = [f"work_dir=.cache/rl/{name}", f"seed={args.seed}", *args.overrides]
-    cfg = load_section(section, model, args.params, overrides)
+    cfg = section_from_args(section, model, args, [f"work_dir=.cache/rl/{name}", f"seed={args.seed}"])
     return run_stage(args.stage, cfg, args.init.format(seed=args.seed), f"models/{name}", f"metrics/rl/{name}")
 
 

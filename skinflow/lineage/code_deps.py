@@ -5,7 +5,8 @@ runs, every ``skinflow``/``pipelines`` module that imports (transitively, lazy i
 functions included, ``if TYPE_CHECKING:`` blocks excluded), the ``__init__.py`` of every package on
 the way (Python runs them), and the data files those modules locate next to themselves through
 ``__file__`` (``synonyms.yaml``, ``equivalence.yaml``, ``taxonomies/``). :func:`missing_deps` names
-what ``dvc.yaml`` fails to cover; a dep that is a folder covers the files under it.
+what ``dvc.yaml`` fails to cover (a dep that is a folder covers the files under it), and
+:func:`unused_deps` the code deps a stage no longer runs (they re-run it for nothing).
 
 The ``skinflow.lineage run <stage> --`` wrapper in front of each command is not walked: it records
 the run in the ledger and changes no output (its one effect on the child, ``PYTHONHASHSEED=0``, is a
@@ -161,21 +162,36 @@ def missing_deps(root: str | Path = ".", stages: list[StageCode] | None = None) 
     return missing
 
 
+def unused_deps(root: str | Path = ".", stages: list[StageCode] | None = None) -> dict[str, list[str]]:
+    """``{stage: [dep under skinflow/ or pipelines/ that covers none of the files it runs]}``."""
+    stages = resolved_stages(root) if stages is None else stages
+    unused = {}
+    for stage in stages:
+        files = code_files(root, stage.modules)
+        idle = [d for d in stage.deps if d.split("/")[0] in IN_REPO_PACKAGES and not any(covered(f, [d]) for f in files)]
+        if idle:
+            unused[stage.name] = idle
+    return unused
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m skinflow.lineage.code_deps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stages", nargs="*", help="only these stages (default: all)")
-    parser.add_argument("--check", action="store_true", help="exit 1 naming each code file a stage's deps miss")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 naming each code file a stage's deps miss, and each code dep it does not run")
     args = parser.parse_args(argv)
     stages = [s for s in resolved_stages(".") if not args.stages or s.name in args.stages
               or s.name.split("@")[0] in args.stages]
     if args.check:
-        missing = missing_deps(".", stages)
+        missing, unused = missing_deps(".", stages), unused_deps(".", stages)
         for name, files in missing.items():
             print(f"{name}: deps miss {', '.join(files)}")
-        if missing:
+        for name, files in unused.items():
+            print(f"{name}: deps name code it does not run: {', '.join(files)}")
+        if missing or unused:
             return 1
         print(f"code deps complete for {len(stages)} stages")
         return 0

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from skinflow.lineage.code_deps import StageCode, code_files, command_modules, covered, missing_deps, resolved_stages
+from skinflow.lineage.code_deps import (
+    StageCode, code_files, command_modules, covered, missing_deps, resolved_stages, unused_deps,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +26,11 @@ def test_every_stage_covers_the_code_it_runs(stages):
     missing = missing_deps(REPO, stages)
     assert not missing, "add these to the stages' deps in dvc.yaml (python -m skinflow.lineage.code_deps " \
                         f"lists each stage's code): {json.dumps(missing, indent=1)}"
+
+
+def test_no_stage_depends_on_code_it_does_not_run(stages):
+    unused = unused_deps(REPO, stages)
+    assert not unused, f"these deps re-run their stage for nothing; drop them from dvc.yaml: {json.dumps(unused, indent=1)}"
 
 
 def test_every_stage_runs_in_repo_code(stages):
