@@ -15,6 +15,7 @@ import pandas as pd
 from skinflow.config import Section
 from skinflow.data.adapters import ADAPTERS, IngestError
 from skinflow.data.images import ProbeSettings, probe_images
+from skinflow.data.label_noise import flag_rows, vocabulary_for
 from skinflow.data.manifest import Reason, conform
 from skinflow.data.near_duplicates import HASH_SIZE, NearDuplicateConfig, cluster_ids
 from skinflow.data.near_duplicates import summary as near_duplicate_summary
@@ -47,6 +48,7 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
     taxonomy = load_taxonomy(cfg.taxonomy)
     rows, notes = ADAPTERS[cfg.source](cfg.csv, cfg.image_root, cfg.encoding)
     rows = _fill_partitions(rows, taxonomy)
+    rows["label_noise"] = flag_rows(rows, vocabulary_for(taxonomy))
 
     root = Path(cfg.image_root)
     rows["image_root"] = cfg.image_root
@@ -95,6 +97,7 @@ def ingest(cfg: IngestConfig, progress: bool = False) -> tuple[pd.DataFrame, pd.
         "md5_verified": cfg.verify_md5,
         "notes": notes,
         "near_duplicates": dup_report,
+        "label_noise_rows": int(manifest["label_noise"].sum()),
         "split_file": split_file_report(manifest, cfg.splits),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(manifest) / seconds, 1) if seconds else None,

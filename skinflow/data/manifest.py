@@ -35,6 +35,7 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "ingest_error": "string",        # reason code when the row could not be read; else null
     "ingest_detail": "string",
     "perceptual_hash": "string",     # pHash + dHash bits, hex (near_duplicates.py)
+    "label_noise": "boolean",         # the URL folder names a condition the label does not accept
     "near_dup_cluster": "string",    # smallest content_md5 of the image's near-duplicate cluster, else null
     "split": "string",               # the active protocol's split
 }

@@ -41,6 +41,7 @@ class SplitConfig(Section):
     file: str | None = None
     file_key: str = "md5hash"        # the file's column holding image ids (md5hash for Fitzpatrick17k)
     file_partition: str = "partition"
+    exclude_label_noise: bool = False  # rows flagged label_noise go to "unused" in every split column
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "SplitConfig":
@@ -120,6 +121,11 @@ def assign_splits(frame: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
         if cfg.protocol == "file":
             # Rows the file removes or never mentions leave through quarantine, never silently.
             out["split_exclusion"] = exclusion
+    if cfg.exclude_label_noise and "label_noise" in frame:
+        noisy = frame["label_noise"].fillna(False).astype(bool)
+        for column in out.columns:
+            if column.startswith("split_") and column != "split_exclusion":
+                out.loc[noisy, column] = "unused"
     out["split"] = out[f"split_{cfg.protocol}"]
     return out
 
@@ -183,5 +189,7 @@ def split_file_report(frame: pd.DataFrame, cfg: SplitConfig, listed: int = 100) 
 def leaking_groups(frame: pd.DataFrame, split_column: str = "split") -> pd.Series:
     """Boolean mask of rows whose group (content hash or near-duplicate cluster) is in several splits."""
     keys = _group_keys(frame)
-    n_splits = frame.groupby(keys)[split_column].transform("nunique")
+    # "unused" rows are in no split, so a group with train + unused rows does not leak.
+    used = frame[split_column].where(frame[split_column] != "unused")
+    n_splits = used.groupby(keys).transform("nunique")
     return n_splits > 1

@@ -15,6 +15,7 @@ from pydantic import Field
 from skinflow.config import Section
 from skinflow.data import gx_suites
 from skinflow.data.manifest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, Reason, conform
+from skinflow.data import label_noise
 from skinflow.data.near_duplicates import summary as near_duplicate_summary
 from skinflow.data.oddities import find_oddities
 from skinflow.data.splits import leaking_groups
@@ -179,6 +180,7 @@ def _report(frame, accepted, quarantine, row_checks, table_checks, taxonomy, cfg
         "split_counts": accepted["split"].value_counts().sort_index().to_dict(),
         "split_label_counts": {s: {k: int(v) for k, v in row.items()} for s, row in per_split.iterrows()},
         "near_duplicates": _near_duplicate_report(frame),
+        "label_noise": label_noise.report(frame, taxonomy),
         "oddities": find_oddities(frame, taxonomy, cfg.label_noise_own_similarity,
                                   cfg.label_noise_other_similarity),
     }
@@ -242,6 +244,16 @@ def render_markdown(report: dict, ingest_report: dict | None = None) -> str:
     for pair in odd["probable_label_noise_pairs"][:20]:
         lines.append(f"  - `{pair['label']}` from folder `{pair['folder']}` (names `{pair['folder_names']}`):"
                      f" {pair['rows']}")
+    noise = report.get("label_noise")
+    if noise:
+        lines += ["", "## Label noise: does the atlas folder support the label?", "",
+                  f"{noise['pairs']} (label, folder) pairs; rows by verdict {noise['rows_by_verdict']}; "
+                  f"**{noise['flagged_rows']}** rows flagged `label_noise` (folder names a different "
+                  "condition). Ranked review table (first rows):", "",
+                  "| label | folder | rows | verdict | evidence |", "|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['folder']} | {r['rows']} | {r['verdict']} | {r['evidence']} |"
+                  for r in noise["review_table"]]
+        lines.append("")
     lines.append(f"- overlapping label names: {len(odd['overlapping_labels'])}")
     for pair in odd["overlapping_labels"]:
         lines.append(f"  - {pair['kind']}: {pair['rows']}")

@@ -97,3 +97,11 @@ def test_markdown_report_is_readable(validated):
     text = render_markdown(validated[3], validated[4])
     assert "Rows in **16577** = accepted **16577** + quarantined **0**" in text
     assert "granuloma pyogenic" in text and "empty url: 41" in text
+
+
+def test_label_noise_flag_and_review_table(validated):
+    rows, manifest, _, report, ingest_report = validated
+    noise = report["label_noise"]
+    assert noise["flagged_rows"] == int(manifest["label_noise"].sum()) == ingest_report["label_noise_rows"] == 1325
+    assert noise["pairs"] == 484 and noise["review_table"][0]["verdict"] == "different"
+    assert "## Label noise" in render_markdown(report, ingest_report)
