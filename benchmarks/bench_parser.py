@@ -24,7 +24,7 @@ from pathlib import Path
 
 from skinflow.captions.parser import parse_caption, parse_diagnoses, render_caption
 from skinflow.captions.schema import Caption
-from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SET_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["melanoma", "basal cell carcinoma", "psoriasis", "eczema", "acne vulgaris", "seborrheic keratosis",

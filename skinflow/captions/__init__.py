@@ -46,7 +46,7 @@ from skinflow.captions.synonyms import (
     normalise_term,
     synonyms_version,
 )
-from skinflow.captions.vocab import SCHEMA_VERSION
+from skinflow.vocab import SCHEMA_VERSION
 
 __all__ = [
     "GENERIC_DIAGNOSIS_TERMS", "MAX_DIAGNOSES", "SCHEMA_VERSION", "SUMMARY_MAX_CHARS",

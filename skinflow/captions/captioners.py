@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from skinflow.captions.parser import parse_caption, render_caption
 from skinflow.captions.schema import SUMMARY_MAX_CHARS, Caption
-from skinflow.captions.vocab import SCALAR_FIELDS, SCHEMA_VERSION, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SCHEMA_VERSION, SET_FIELDS
 from skinflow.config import Section
 
 PROMPT_VERSION = "caption-prompt/1"

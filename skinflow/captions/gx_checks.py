@@ -5,7 +5,7 @@ from __future__ import annotations
 import great_expectations.expectations as gxe
 import pandas as pd
 
-from skinflow.captions.vocab import SCHEMA_VERSION
+from skinflow.vocab import SCHEMA_VERSION
 from skinflow.data.gx_suites import ROW_ID, run_expectations
 
 

@@ -17,7 +17,7 @@ from statistics import fmean
 from typing import Any, Sequence
 
 from skinflow.captions.schema import Caption
-from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SET_FIELDS
 
 FIELDS = (*SCALAR_FIELDS, *SET_FIELDS)
 

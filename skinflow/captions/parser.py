@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from skinflow.captions.schema import Caption
 from skinflow.captions.synonyms import normalise_caption_dict
-from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SET_FIELDS
 
 MAX_INPUT_CHARS = 20_000  # a 512-token generation is ~2k chars; longer input is runaway output
 MAX_DIAGNOSES = 6

@@ -1,6 +1,6 @@
 """The Stage I caption: a schema-constrained clinical description of one skin image.
 
-Every categorical field is a ``Literal`` over the closed vocabulary in ``vocab.py``, so the exported
+Every categorical field is a ``Literal`` over the closed vocabulary in ``skinflow/vocab.py``, so the exported
 JSON Schema carries the enums (usable for constrained decoding and for reviewers). Set fields are
 stored as tuples in vocabulary order with duplicates removed, so two captions that mean the same thing
 render to the same bytes. Validation failures use stable pydantic error types (see ``ERROR_TYPES``)
@@ -22,9 +22,9 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.captions.diagnosis_terms import mentions_diagnosis
-from skinflow.captions.vocab import SCHEMA_VERSION, SET_FIELDS
+from skinflow.vocab import SCHEMA_VERSION, SET_FIELDS
 
 SUMMARY_MAX_CHARS = 200
 SCHEMA_PATH = Path(__file__).with_name("caption_schema.json")

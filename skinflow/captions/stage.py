@@ -19,7 +19,7 @@ from skinflow.captions.captioners import CaptionerConfig, CaptionRequest, make_c
 from skinflow.captions.diagnosis_terms import mentions_diagnosis
 from skinflow.captions.metrics import aggregate, caption_text_metrics
 from skinflow.captions.parser import parse_caption
-from skinflow.captions.vocab import SCHEMA_VERSION
+from skinflow.vocab import SCHEMA_VERSION
 from skinflow.config import Section
 from skinflow.data.manifest import QUARANTINE_COLUMNS, conform, image_paths
 

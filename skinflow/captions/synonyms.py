@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SET_FIELDS
 
 SYNONYMS_PATH = Path(__file__).with_name("synonyms.yaml")
 VOCAB_FIELDS: dict[str, tuple[str, ...]] = {**SCALAR_FIELDS, **SET_FIELDS}

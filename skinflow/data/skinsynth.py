@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.config import Section
 from skinflow.data import skinsynth_render as render_mod
 from skinflow.io import atomic_dir, md5_bytes, write_csv, write_parquet

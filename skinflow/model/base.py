@@ -92,7 +92,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
 
 def tokenizer_corpus(labels: Iterable[str]) -> list[str]:
     """Text the model will read and write: schema captions, diagnosis lists, prompts, labels."""
-    from skinflow.captions import vocab
+    from skinflow import vocab
     from skinflow.model.prompts import corpus_examples
 
     lines = list(labels)

@@ -65,7 +65,7 @@ from skinflow.captions.diagnosis_terms import mentions_diagnosis
 from skinflow.captions.metrics import FIELDS, field_scores
 from skinflow.captions.parser import MAX_INPUT_CHARS, ParseErrorCode, parse_caption, parse_diagnoses
 from skinflow.captions.schema import Caption
-from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SET_FIELDS
 from skinflow.config import Section
 from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.metrics import candidates, effective_k, first_malignant_rank

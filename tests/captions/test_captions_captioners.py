@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import ValidationError
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.captions.captioners import (
     Captioner,
     CaptionerConfig,

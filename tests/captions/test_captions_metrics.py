@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.captions.metrics import (
     aggregate,
     caption_text_metrics,

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.captions.parser import (
     MAX_INPUT_CHARS,
     DiagnosisParse,

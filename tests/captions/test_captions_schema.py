@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.captions.diagnosis_terms import mentions_diagnosis
 from skinflow.captions.schema import SCHEMA_PATH, SUMMARY_MAX_CHARS, Caption, caption_json_schema, caption_json_schema_text
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.captions.synonyms import (
     SynonymError,
     load_synonyms,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from skinflow.captions import vocab
+from skinflow import vocab
 from skinflow.data.skinsynth import (
     CONDITIONS, QC_VALUES, Condition, SynthConfig, generate, sample_attributes, taxonomy_frame,
 )

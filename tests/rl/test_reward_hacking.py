@@ -32,7 +32,7 @@ import pytest
 
 from skinflow.captions.parser import render_caption
 from skinflow.captions.schema import Caption
-from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SET_FIELDS
 from skinflow.eval.equivalence import LabelSpace
 from skinflow.rl.rewards import (
     Stage1RewardConfig,

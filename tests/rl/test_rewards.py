@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from skinflow.captions.parser import render_caption
 from skinflow.captions.schema import Caption
-from skinflow.captions.vocab import SCALAR_FIELDS, SET_FIELDS
+from skinflow.vocab import SCALAR_FIELDS, SET_FIELDS
 from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.metrics import image_indicators
 from skinflow.eval.predictions import map_predictions
