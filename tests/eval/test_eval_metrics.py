@@ -17,17 +17,9 @@ from skinflow.eval.metrics import (
 )
 from skinflow.eval.predictions import FITZPATRICK_GROUPS, map_predictions
 
-TAXONOMY = pd.DataFrame([
-    ("melanoma", "malignant melanoma", "malignant"),
-    ("malignant melanoma", "malignant melanoma", "malignant"),
-    ("basal cell carcinoma", "malignant epidermal", "malignant"),
-    ("squamous cell carcinoma", "malignant epidermal", "malignant"),
-    ("nevocytic nevus", "benign melanocyte", "benign"),
-    ("seborrheic keratosis", "benign epidermal", "benign"),
-    ("psoriasis", "inflammatory", "non-neoplastic"),
-    ("eczema", "inflammatory", "non-neoplastic"),
-    ("acne", "inflammatory", "non-neoplastic"),
-], columns=["label", "nine_partition_label", "three_partition_label"])
+from eval_fixtures import taxonomy
+
+TAXONOMY = taxonomy()
 
 # A private table so edits to the shipped equivalence.yaml cannot change these hand counts.
 TABLE = """version: test-eq/1

@@ -12,13 +12,9 @@ import pytest
 from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.predictions import LOG_COLUMNS, fitzpatrick_group, map_predictions
 
-TAXONOMY = pd.DataFrame([
-    ("melanoma", "malignant melanoma", "malignant"),
-    ("malignant melanoma", "malignant melanoma", "malignant"),
-    ("basal cell carcinoma", "malignant epidermal", "malignant"),
-    ("nevocytic nevus", "benign melanocyte", "benign"),
-    ("psoriasis", "inflammatory", "non-neoplastic"),
-], columns=["label", "nine_partition_label", "three_partition_label"])
+from eval_fixtures import taxonomy
+
+TAXONOMY = taxonomy("melanoma", "malignant melanoma", "basal cell carcinoma", "nevocytic nevus", "psoriasis")
 
 TABLE = """version: test-eq/1
 equivalent:

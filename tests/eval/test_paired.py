@@ -19,16 +19,10 @@ from skinflow.eval.paired import (
 from skinflow.eval.predictions import map_predictions
 from skinflow.io import write_json
 
-TAXONOMY = pd.DataFrame([
-    ("melanoma", "malignant melanoma", "malignant"),
-    ("basal cell carcinoma", "malignant epidermal", "malignant"),
-    ("squamous cell carcinoma", "malignant epidermal", "malignant"),
-    ("nevocytic nevus", "benign melanocyte", "benign"),
-    ("seborrheic keratosis", "benign epidermal", "benign"),
-    ("psoriasis", "inflammatory", "non-neoplastic"),
-    ("eczema", "inflammatory", "non-neoplastic"),
-    ("acne", "inflammatory", "non-neoplastic"),
-], columns=["label", "nine_partition_label", "three_partition_label"])
+from eval_fixtures import taxonomy
+
+TAXONOMY = taxonomy("melanoma", "basal cell carcinoma", "squamous cell carcinoma", "nevocytic nevus",
+                    "seborrheic keratosis", "psoriasis", "eczema", "acne")
 LABELS = sorted(TAXONOMY["label"])
 K = 6  # eight classes: top-6
 N_IMAGES = 300
