@@ -68,7 +68,7 @@ class AblationConfig(Section):
     # The training seeds: read by dvc.yaml (one RL run and one evaluation per seed); listed here so the section
     # validates and a row missing a seed is reported.
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    control_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    control_seeds: list[int] = Field(default_factory=list)   # empty: the control stages do not exist
     n_boot: int = Field(2000, ge=1)
     seed: int = 0
     ci: float = Field(0.95, gt=0, lt=1)
