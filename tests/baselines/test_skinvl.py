@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from micro_models import micro_qwen2_5_vl
 from skinflow.baselines.skinvl import (NO_CLASS, SkinVLConfig, add_lora, bleu_n, first_class, linear_probe,
                                        language_model_targets, run_skinvl, zero_shot_scores)
 
@@ -58,18 +59,7 @@ def test_bleu_orders_agree_with_project_bleu4():
 
 
 def _tiny_vl():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = Qwen2_5_VLConfig(
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           fullatt_block_indexes=[1], window_size=56, patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2),
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=300, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)),
-        image_token_id=290, video_token_id=291, vision_start_token_id=292, vision_end_token_id=293)
-    return Qwen2_5_VLForConditionalGeneration(config)
+    return micro_qwen2_5_vl()
 
 
 def test_lora_is_restricted_to_the_language_model():
@@ -134,7 +124,7 @@ def workspace(tmp_path_factory):
     """Tiny SkinSynth (four conditions, so every class has train images) + a tiny random base."""
     from skinflow.data.corpus import captioned_skinsynth
     from skinflow.data.skinsynth import SynthConfig
-    from micro_model import micro_vl_config
+    from micro_models import micro_vl_config
     from skinflow.model.base import BaseModelConfig, build_tiny
 
     root = tmp_path_factory.mktemp("skinvl")

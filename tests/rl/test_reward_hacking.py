@@ -200,7 +200,7 @@ STAGE2_POLICIES: dict[str, Callable[[str], str]] = {
 STAGE2_BEST = "truth + differential"
 STAGE2_TRUE_FORMS = ("truth alone", "truth + OOV filler", "truth + its synonyms")
 STAGE2_ORDER = (
-    # At a 50/50 belief the malignant candidate should lead (threshold p* = 0.359 < 0.5).
+    # At a 50/50 belief the malignant candidate should lead (threshold p* = 0.154 < 0.5).
     ("hedge, malignant first", "hedge, benign first"),
     # The earlier a malignant truth is named, the better; naming it sixth still beats never naming it.
     ("benign first, truth 2nd", "benign first, truth 6th"),
@@ -288,18 +288,18 @@ def test_malignant_first_pays_at_even_odds(m, b, rest):
 
 
 def test_threshold_belief_where_the_order_flips():
-    """p* = ((1-d2)*w*e + f) / ((1-d2)*(2*w*e + m) + f) = 0.3586 with the defaults (dcg d2 = 0.6309,
-    w = relevance_weight = 1, e = rel_exact = 1, m = missed_malignant_penalty = 2, f = false_alarm_penalty
-    = 0.25): list the malignant candidate first once its probability exceeds 36 %."""
+    """p* = ((1-d2)*w*e + f) / ((1-d2)*(2*w*e + m) + f) = 0.1537 with the defaults (dcg d2 = 0.6309,
+    w = relevance_weight = 1, e = rel_exact = 1, m = missed_malignant_penalty = 6, f = false_alarm_penalty
+    = 0.1, chosen on validation): list the malignant candidate first once its probability exceeds 15 %."""
     cfg = Stage2RewardConfig()
     p_star = malignant_first_threshold(cfg)
-    assert p_star == pytest.approx(0.3586, abs=1e-4)
+    assert p_star == pytest.approx(0.1537, abs=1e-4)
     for m, b in BELIEF_PAIRS:
         for rest in RESTS:
             g0, g1 = order_gain(m, b, 0.0, rest), order_gain(m, b, 1.0, rest)  # the gain is linear in p
             assert -g0 / (g1 - g0) == pytest.approx(p_star)
             assert order_gain(m, b, p_star - 0.01, rest) < 0 < order_gain(m, b, p_star + 0.01, rest)
-            assert order_gain(m, b, 0.3, rest) < 0  # at 30 % the benign label should lead
+            assert order_gain(m, b, 0.1, rest) < 0  # at 10 % the benign label should lead
 
 
 @pytest.mark.parametrize("overrides", [{"discount": "reciprocal"}, {"missed_malignant_penalty": 1.0},

@@ -76,7 +76,9 @@ def irrelevant_to(truth: str) -> tuple[str, ...]:
 # ---- Stage II -----------------------------------------------------------------------------------
 
 D2, D3 = 1 / math.log2(3), 1 / math.log2(4)
-M = C2.missed_malignant_penalty  # 2.0
+M = C2.missed_malignant_penalty
+# The hand-computed rows below spell out m = 2 and f = 0.25, whatever the shipped defaults are.
+HAND = Stage2RewardConfig(missed_malignant_penalty=2.0, false_alarm_penalty=0.25)
 
 
 # Rows with a malignant truth and a benign rank 1 used to pay no safety penalty as long as some
@@ -105,7 +107,7 @@ M = C2.missed_malignant_penalty  # 2.0
     ],
 )
 def test_stage2_hand_computed(completion, truth, expected):
-    assert s2(completion, truth)["total"] == pytest.approx(expected)
+    assert s2(completion, truth, HAND)["total"] == pytest.approx(expected)
 
 
 def test_stage2_components_of_a_perfect_answer():

@@ -7,25 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from skinflow.model.fdlinear import DVEConfig, FDLinear, convert_vision_tower
 from skinflow.rl.grpo import Stage2Config
 
-IMG, START, END = 290, 292, 293
+from micro_models import IMAGE_TOKEN, VISION_END, VISION_START, micro_qwen2_5_vl
+
+IMG, START, END = IMAGE_TOKEN, VISION_START, VISION_END
 
 
-def _model() -> Qwen2_5_VLForConditionalGeneration:
-    torch.manual_seed(0)
-    config = Qwen2_5_VLConfig(
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           fullatt_block_indexes=[1], window_size=56, patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2),
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=300, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)),
-        image_token_id=IMG, video_token_id=291, vision_start_token_id=START, vision_end_token_id=END)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+def _model():
+    model = micro_qwen2_5_vl().eval()
     convert_vision_tower(model, DVEConfig())
     for module in model.modules():  # non-zero heads: every image gets its own effective weights
         if isinstance(module, FDLinear):
