@@ -209,7 +209,8 @@ def run_variant(spec: dict) -> dict:
     import pandas as pd
 
     from skinflow.model.fdlinear import DVEConfig
-    from skinflow.rl.grpo import PEAK_FLOPS, LoraSettings, Stage1Config, Stage2Config, run_grpo
+    from skinflow.model.policy import LoraSettings
+    from skinflow.rl.grpo import PEAK_FLOPS, Stage1Config, Stage2Config, run_grpo
 
     _install_timers()
     root = Path(spec["workspace"])

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
 from skinflow.orchestration.checkout import CheckoutBusy, checkout_lock, record_dvc_lock
-from skinflow.orchestration.dvc_stages import headline_table, run_stage, stage_plan, stage_runner
+from skinflow.orchestration.dvc_stages import headline_table, run_dvc_stage, stage_plan, stage_runner
 
 
 def _retry_unless_busy(task, task_run, state) -> bool:
@@ -34,7 +34,7 @@ def _lineage_env() -> dict[str, str]:
 # run (measured: up to ~2 s a task), and one flow run per checkout already serialises the stages.
 @task(retry_delay_seconds=30, retry_condition_fn=_retry_unless_busy)
 def dvc_stage(name: str, repo_dir: str) -> str:
-    run_stage(name, repo_dir, log=get_run_logger().info, extra_env=_lineage_env())
+    run_dvc_stage(name, repo_dir, log=get_run_logger().info, extra_env=_lineage_env())
     return name
 
 

@@ -5,7 +5,9 @@ Rows come from ``metrics/eval/*.json``: a file ``<variant>-s<seed>.json`` (keys 
 such as ``cfa.json``) is seed 0 of ``json["variant"]`` or the file stem. Each file's per-image
 predictions are read from ``data/eval/<stem>/predictions.parquet`` and rescored with the same
 indicators evaluate used (statistics: ``skinflow.eval.paired``). Outputs: ``reports/ablation.md``,
-``reports/ablation.json`` (headline numbers, a DVC metrics file) and ``reports/ablation_full.json``.
+``reports/ablation.json`` (per-row and paired headline numbers), ``reports/ablation_full.json`` and
+``metrics/headline.json``, the few dozen numbers DVC shows as metrics (with each RL row's final reward gain over
+its frozen control, from ``metrics/rl/<variant>-s<seed>.json``).
 """
 
 from __future__ import annotations
@@ -21,17 +23,21 @@ import pandas as pd
 from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.metrics import effective_k
 from skinflow.eval.paired import (
-    AblationConfig, Evaluation, ablation_results, compact, evaluation, group_rows, markdown,
+    AblationConfig, Evaluation, ablation_results, compact, evaluation, group_rows, headline, markdown, parse_ranked,
 )
-from skinflow.io import write_json, write_text
+from skinflow.io import atomic_dir, write_json, write_text
 from skinflow.stage import stage_config
 
 IN_METRICS = Path("metrics/eval")
 IN_EVAL = Path("data/eval")
 IN_TAXONOMY = "data/interim/taxonomy.csv"
+IN_RL = Path("metrics/rl")
 OUT_MD = "reports/ablation.md"
 OUT_JSON = "reports/ablation.json"
 OUT_FULL = "reports/ablation_full.json"
+OUT_HEADLINE = "metrics/headline.json"
+OUT_PLOTS = "reports/plots"  # data of dvc.yaml's top-level plots: ablation.csv, confusion-<variant>.csv
+CONFUSION_ROWS = ("warmup", "stage2")  # the headline comparison's two rows, lowest seed
 
 _SEEDED = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 
@@ -72,10 +78,50 @@ def load_evaluations(space: LabelSpace) -> list[Evaluation]:
             raise ValueError(f"{path} was scored on {data['n_classes']} classes, the ablation's label space has "
                              f"{space.n_classes}: set ablation.taxonomy to the taxonomy evaluate used")
         variant, seed = row_key(path.stem, data)
-        ev = evaluation(path.stem, variant, seed, pd.read_parquet(predictions), space, k)
+        captions = IN_EVAL / path.stem / "caption_scores.parquet"
+        ev = evaluation(path.stem, variant, seed, pd.read_parquet(predictions), space, k,
+                        pd.read_parquet(captions) if captions.exists() else None)
         _check_stored(ev, data, path)
         out.append(ev)
     return out
+
+
+def rl_gains(evaluations: list[Evaluation]) -> dict[str, list[float]]:
+    """Per RL variant, each seed's final reward gain over the frozen control (rows without an RL summary, such
+    as the warm-up or a baseline, have none)."""
+    gains: dict[str, list[float]] = {}
+    for ev in evaluations:
+        path = IN_RL / f"{ev.name}.json"
+        if path.exists():
+            gain = (json.loads(path.read_text(encoding="utf-8")).get("control") or {}).get("gain_last_third")
+            if gain is not None:
+                gains.setdefault(ev.variant, []).append(float(gain))
+    return gains
+
+
+def write_plot_data(results: dict, evaluations: list[Evaluation]) -> None:
+    """CSV tables for `dvc plots show`: one line per row with Top-1, Top-k and malignant-miss@1 (percent, mean over
+    seeds, pooled CI), and the actual-vs-first-answer pairs of the warm-up and SkinFlow (no answer: ``(none)``)."""
+    heads = {"top1_exact": "top1", f"top{results['k']}_exact": "topk", "malignant_miss_at1": "miss1"}
+
+    def pct(x: float | None) -> float | None:
+        return None if x is None else round(100 * x, 2)
+
+    table = [{"variant": v, **{f"{short}{suffix}": pct(results["rows"][v]["metrics"][m][key])
+                               for m, short in heads.items() if m in results["rows"][v]["metrics"]
+                               for suffix, key in (("", "mean"), ("_lo", "ci_low"), ("_hi", "ci_high"))}}
+             for v in results["row_order"]]
+    with atomic_dir(OUT_PLOTS) as tmp:
+        pd.DataFrame(table).to_csv(tmp / "ablation.csv", index=False)
+        for variant in CONFUSION_ROWS:
+            seeds = sorted((ev.seed, ev.name) for ev in evaluations if ev.variant == variant)
+            if not seeds:
+                continue
+            frame = pd.read_parquet(IN_EVAL / seeds[0][1] / "predictions.parquet")
+            first = [(parse_ranked(v) or [None])[0] or "(none)" for v in frame["ranked_labels"]]
+            (pd.DataFrame({"actual": frame["label"].astype(str), "predicted": first})
+             .sort_values(["actual", "predicted"], kind="mergesort")
+             .to_csv(tmp / f"confusion-{variant}.csv", index=False))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -91,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_text(OUT_MD, text)
     write_json(OUT_JSON, compact(results))
     write_json(OUT_FULL, results)
+    write_json(OUT_HEADLINE, headline(results, rl_gains(evaluations)))
+    write_plot_data(results, evaluations)
     print(text)
     return results
 

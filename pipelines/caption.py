@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 
-from skinflow.captions.stage import CaptionStageConfig, run_captions
+from skinflow.captions.captioning import CaptionStageConfig, run_captions
 from skinflow.io import write_json, write_parquet, write_text
 from skinflow.timing import write_results
 from skinflow.stage import show_progress, stage_config

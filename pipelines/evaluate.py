@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     as_json = {c: [json.dumps(list(v)) for v in result["mapped"][c]] for c in ("ranked_raw", "ranked_labels")}
     write_parquet(f"{out}/predictions.parquet", result["mapped"].assign(**as_json))
     write_parquet(f"{out}/match_log.parquet", result["match_log"])
+    if result.get("caption_per_image") is not None:
+        write_parquet(f"{out}/caption_scores.parquet", result["caption_per_image"])
     write_confusion(result["confusion"], f"{out}/confusion.csv")
     write_csv(f"{out}/by_group.csv", per_group_table(result["metrics"]))
     write_text(f"{out}/metrics.md", f"# {args.variant}\n\n" + metrics_markdown(result["metrics"]))

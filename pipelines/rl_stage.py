@@ -14,7 +14,7 @@ IN_CAPTIONS = "data/captions/captions.parquet"
 IN_TAXONOMY = "data/interim/taxonomy.csv"
 
 
-def run_stage(stage: str, cfg, in_dir: str, out_dir: str, metrics_prefix: str | None = None) -> dict:
+def run_rl_stage(stage: str, cfg, in_dir: str, out_dir: str, metrics_prefix: str | None = None) -> dict:
     """Train ``stage`` from ``in_dir`` into ``out_dir``; metrics go to ``<metrics_prefix>.json`` and ``_log.csv``."""
     prefix = metrics_prefix or f"metrics/{stage}"
     summary = run_grpo(stage, in_dir, out_dir, pd.read_parquet(IN_MANIFEST),

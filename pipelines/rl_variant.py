@@ -9,7 +9,7 @@ starts from the Stage I run of the same seed. Outputs: ``models/<variant>-s<seed
 
 from __future__ import annotations
 
-from pipelines.rl_stage import run_stage
+from pipelines.rl_stage import run_rl_stage
 from skinflow.rl.grpo import Stage1Config, Stage2Config
 from skinflow.stage import params_parser, section_from_args
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = run_name(args.variant, args.seed)
     # A private work dir per run: checkpoints of two runs must never resume each other.
     cfg = section_from_args(section, model, args, [f"work_dir=.cache/rl/{name}", f"seed={args.seed}"])
-    return run_stage(args.stage, cfg, args.init.format(seed=args.seed), f"models/{name}", f"metrics/rl/{name}")
+    return run_rl_stage(args.stage, cfg, args.init.format(seed=args.seed), f"models/{name}", f"metrics/rl/{name}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     curve = pd.DataFrame(summary.pop("history"), columns=["step", "loss", "learning_rate", "grad_norm"])
     write_csv(OUT_CURVE, curve)
     if cfg.enabled and cfg.eval_images:
-        from skinflow.model.formats import format_check
+        from skinflow.model.format_check import format_check
 
         summary["format_check"] = format_check(OUT_DIR, manifest, taxonomy, cfg.eval_images, cfg.max_new_tokens)
     summary = write_results(OUT_METRICS, summary)

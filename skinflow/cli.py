@@ -218,6 +218,45 @@ def verify_lock(
     typer.echo(f"all {n} outputs match {against}'s dvc.lock (run facts under metrics/timing/ excluded)")
 
 
+params_app = typer.Typer(help="Switch params.yaml between shipped configurations.", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+
+
+@params_app.command("use")
+def params_use(
+    overlay: Annotated[Path, typer.Argument(help="a shipped overlay, e.g. configs/params-fitzpatrick17k.yaml")],
+    params: ParamsOption = Path("params.yaml"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the diff, write nothing")] = False,
+) -> None:
+    """Apply an overlay to params.yaml: each of its keys replaces that key of its section, comments elsewhere are
+    kept, and the diff is printed. Undo with `git checkout params.yaml`; `dvc status` shows what will re-run."""
+    import difflib
+    import tempfile
+
+    from skinflow.config import RUNTIME, ConfigError, load_section, overlay_params_text, read_params, section_model
+    from skinflow.io import write_text
+
+    for path in (params, overlay):
+        if not path.exists():
+            _fail(f"not found: {path}")
+    before = params.read_text(encoding="utf-8")
+    try:
+        after = overlay_params_text(before, overlay)
+        with tempfile.TemporaryDirectory() as tmp:  # every section must load before the file is replaced
+            candidate = Path(tmp) / "params.yaml"
+            candidate.write_text(after, encoding="utf-8")
+            for section in set(read_params(candidate)) - {RUNTIME}:
+                load_section(section, section_model(section), candidate)
+    except ConfigError as exc:
+        _fail(str(exc))
+    diff = list(difflib.unified_diff(before.splitlines(), after.splitlines(), str(params), f"{params} + {overlay}",
+                                     lineterm="", n=0))
+    typer.echo("\n".join(diff) if diff else f"{params} already holds every value of {overlay}")
+    if diff and not dry_run:
+        write_text(params, after)
+        typer.echo(f"wrote {params}; `dvc status` lists the stages this changes")
+
+
 @app.command()
 def deps(
     stages: Annotated[Optional[list[str]], typer.Argument(help="stages (e.g. synth, stage1_rl@0, stage1_rl); default all")] = None,

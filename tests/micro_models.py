@@ -1,11 +1,22 @@
-"""A random micro Qwen2.5-VL (two vision blocks, two text layers) for tests that need a real forward."""
+"""The smallest Qwen2.5-VL shapes the tests build: a project-style config (``micro_vl_config``, what the tiny
+base builder takes) and a random transformers model (``micro_qwen2_5_vl``) for tests that need a bare forward."""
 
 from __future__ import annotations
+
+
+def micro_vl_config(**overrides):
+    """48-wide text, 32-wide vision: the smallest TinyVLConfig the tests train and generate with."""
+    from skinflow.model.base import TinyVLConfig
+
+    return TinyVLConfig(**{**dict(text_hidden=48, text_intermediate=96, vision_hidden=32, vision_intermediate=64,
+                                  vision_depth=2, vision_heads=2, text_heads=2, text_kv_heads=1), **overrides})
+
 
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 290, 291, 292, 293
 
 
 def micro_qwen2_5_vl(seed: int = 0):
+    """Two vision blocks and two text layers, random weights drawn from ``seed``."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 

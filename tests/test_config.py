@@ -9,7 +9,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from skinflow.config import (
-    SECTION_MODELS, ConfigError, Section, apply_overrides, load_section, overlay_params, read_params, section_model,
+    RUNTIME, SECTION_MODELS, ConfigError, Section, apply_overrides, load_section, overlay_params, read_params,
+    section_model,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def test_override_with_unknown_key_is_named(tmp_path):
 # --------------------------------------------------------------------------- the repo's params.yaml
 
 def _params_sections() -> list[str]:
-    return sorted(read_params(PARAMS)) if PARAMS.exists() else []
+    return sorted(set(read_params(PARAMS)) - {RUNTIME}) if PARAMS.exists() else []
 
 
 @pytest.mark.parametrize("section", _params_sections())
@@ -165,6 +166,8 @@ def test_shipped_overlay_loads_under_every_section_model(overlay, tmp_path):
     merged = overlay_params(read_params(PARAMS), overlay)
     path = write_params(tmp_path, merged)
     for section, values in read_params(overlay).items():
+        if section == RUNTIME:
+            continue
         loaded = load_section(section, section_model(section), path).model_dump()
         assert _written_values_loaded(values, loaded), (overlay.name, section, values, loaded)
 
@@ -239,9 +242,97 @@ def test_code_defaults_equal_params_yaml():
     corpus helpers) gets exactly what the pipeline runs with."""
     params = read_params(PARAMS)
     drifts, compared = [], 0
-    for section in sorted(params):
+    for section in _params_sections():
         model = section_model(section)
-        more, n = _drifted(model, load_section(section, model, PARAMS), params[section], section)
+        written = {**params[section], **params[RUNTIME].get(section, {})}
+        more, n = _drifted(model, load_section(section, model, PARAMS), written, section)
         drifts, compared = drifts + more, compared + n
     assert compared > 100, compared
     assert not drifts, "set these code defaults to params.yaml's values:\n" + "\n".join(drifts)
+
+
+# --------------------------------------------------------------------------- runtime knobs
+
+class Knobbed(Section):
+    RUNTIME = frozenset({"workers"})
+    rate: float = 0.5
+    workers: int = 0
+
+
+def test_runtime_knobs_load_into_their_section_and_overrides_still_win(tmp_path):
+    path = write_params(tmp_path, {"toy": {"rate": 0.1}, RUNTIME: {"toy": {"workers": 4}}})
+    assert load_section("toy", Knobbed, path) == Knobbed(rate=0.1, workers=4)
+    assert load_section("toy", Knobbed, path, overrides=["workers=2"]).workers == 2
+
+
+def test_a_runtime_knob_inside_its_section_is_an_error_that_says_where_it_goes(tmp_path):
+    path = write_params(tmp_path, {"toy": {"rate": 0.1, "workers": 4}})
+    with pytest.raises(ConfigError, match=r"toy\.workers cannot change results: set it under runtime\.toy"):
+        load_section("toy", Knobbed, path)
+
+
+def test_a_result_key_under_runtime_is_an_error(tmp_path):
+    path = write_params(tmp_path, {"toy": {}, RUNTIME: {"toy": {"rate": 0.9}}})
+    with pytest.raises(ConfigError, match=r"runtime\.toy\.rate is not a runtime knob"):
+        load_section("toy", Knobbed, path)
+
+
+def test_every_runtime_knob_of_every_section_is_set_in_params_runtime():
+    """params.yaml stays the one place a default lives: each model's runtime knobs are written there, and the
+    runtime section names only registered sections."""
+    runtime = read_params(PARAMS)[RUNTIME]
+    assert set(runtime) <= set(SECTION_MODELS), set(runtime) - set(SECTION_MODELS)
+    for section in _params_sections():
+        assert set(runtime.get(section, {})) == set(section_model(section).RUNTIME), section
+
+
+# --------------------------------------------------------------------------- switching configurations
+
+@pytest.mark.parametrize("overlay", SHIPPED_OVERLAYS, ids=lambda p: p.name)
+def test_overlay_as_a_text_edit_equals_the_merge_and_keeps_the_comments(overlay):
+    from skinflow.config import overlay_params_text
+
+    text = PARAMS.read_text(encoding="utf-8")
+    edited = overlay_params_text(text, overlay)
+    assert yaml.safe_load(edited) == overlay_params(read_params(PARAMS), overlay)
+    # Every section header and full-line comment survives; only replaced keys' own blocks may go.
+    kept = [line for line in text.splitlines() if line.startswith("#") or (line[:1].isalpha() and line.endswith(":"))]
+    assert all(line in edited.splitlines() for line in kept)
+    assert overlay_params_text(edited, overlay) == edited, "applying an overlay twice changes nothing"
+
+
+def test_overlay_text_edit_adds_keys_a_section_lacks_and_names_unknown_sections():
+    from skinflow.config import overlay_params_text
+
+    text = "a:   # first\n  x: 1  # why x\n  y:\n    z: 2\n\n# about b\nb:\n  k: 0\n"
+    edited = overlay_params_text(text, {"a": {"y": {"w": 3}, "new": [1, 2]}})
+    assert edited == "a:   # first\n  x: 1  # why x\n  y: {w: 3}\n  new: [1, 2]\n\n# about b\nb:\n  k: 0\n"
+    with pytest.raises(ConfigError, match="'c' is not a block section"):
+        overlay_params_text(text, {"c": {"x": 1}})
+
+
+def test_params_use_writes_the_overlay_once_and_real_data_turns_synth_off(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipelines.synth import main as synth_main
+
+    from skinflow.cli import app
+    from skinflow.data.skinsynth import SynthConfig
+
+    params = tmp_path / "params.yaml"
+    params.write_text(PARAMS.read_text(encoding="utf-8"), encoding="utf-8")
+    overlay = REPO / "configs" / "params-fitzpatrick17k.yaml"
+    first = CliRunner().invoke(app, ["params", "use", str(overlay), "--params", str(params)])
+    assert first.exit_code == 0, first.output
+    assert "+  csv: /data/fitzpatrick17k/fitzpatrick17k.csv" in first.output and "wrote" in first.output
+    assert load_section("synth", SynthConfig, params).enabled is False
+    monkeypatch.chdir(tmp_path)
+    assert synth_main(["--params", str(params)]) == {"enabled": False, "n_images": 0}
+    assert [p.name for p in (tmp_path / "data" / "skinsynth").iterdir()] == ["NOT_USED.txt"]
+    again = CliRunner().invoke(app, ["params", "use", str(overlay), "--params", str(params)])
+    assert "already holds every value" in again.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("warmup: {max_steps: -1}\n")
+    before = params.read_text()
+    refused = CliRunner().invoke(app, ["params", "use", str(bad), "--params", str(params)])
+    assert refused.exit_code == 2 and "warmup.max_steps" in refused.output and params.read_text() == before

@@ -50,7 +50,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ LOSS_TERMS = ("focal", "align", "calib", "total")
 
 class CFAConfig(Section):
     """params.yaml section ``cfa_baseline``."""
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"cache_dir", "threads", "train_threads"})  # see params runtime
 
     vision_from: str | None = "models/base"      # a local Qwen2.5-VL model dir (vision tower used)
     clip_dir: str | None = None                  # or a local CLIP model dir; set vision_from: null

@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 class SkinVLConfig(Section):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"threads"})  # under runtime.<section> in params.yaml
     start_model: str = "models/warmup"    # the embedded base is random-init; warm-up is its instruct stand-in
     # MM-Skin's 7B recipe is r=128, alpha=64. The tiny text model is 96 wide, so r=128 would exceed
     # full rank: the tiny default is r=16 with the recipe's alpha/r = 0.5.

@@ -13,7 +13,7 @@ import pandas as pd
 
 def captioned_skinsynth(root: str | Path, synth=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Write and return (manifest, captions, taxonomy); ``synth`` defaults to ``SynthConfig.tiny()``."""
-    from skinflow.captions.stage import CaptionStageConfig, run_captions
+    from skinflow.captions.captioning import CaptionStageConfig, run_captions
     from skinflow.data.ingest import IngestConfig, ingest
     from skinflow.data.skinsynth import SynthConfig, generate
     from skinflow.data.validation import ValidateConfig, validate

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pandas as pd
 
@@ -28,6 +28,7 @@ LARGE_CLUSTER_ROWS = 50
 
 
 class IngestConfig(Section):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"workers"})  # under runtime.<section> in params.yaml
     source: Literal["fitzpatrick17k", "ham10000", "isic", "generic"] = "fitzpatrick17k"
     csv: str | None = "data/skinsynth/fitzpatrick17k.csv"
     image_root: str = "data/skinsynth/images"

@@ -302,6 +302,7 @@ _check_profiles()
 class SynthConfig(Section):
     """params.yaml section ``synth``."""
 
+    enabled: bool = True  # false when ingest reads real data: the stage then renders nothing
     seed: int = 17
     n_images: int = Field(3000, ge=1, le=1_000_000)
     image_size: int = Field(128, ge=64, le=256)

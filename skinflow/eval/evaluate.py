@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 from pydantic import Field
 
-from skinflow.captions.metrics import aggregate
+from skinflow.captions.metrics import FIELDS, aggregate, field_scores
 from skinflow.captions.parser import parse_caption
 from skinflow.config import Section
 from skinflow.eval.equivalence import LabelSpace
@@ -33,6 +34,7 @@ from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, PromptStyle, me
 
 
 class EvalConfig(Section):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"progress_dir"})  # under runtime.<section> in params.yaml
     split: str = "test"
     limit: int | None = None                 # cap on images (None = whole split)
     batch_size: int = Field(16, ge=1)
@@ -107,7 +109,7 @@ def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFram
     mapped, match_log = map_predictions(raw, space)
     metrics = compute_metrics(mapped, space, n_boot=cfg.n_boot, seed=cfg.seed)
 
-    caption_scores = None
+    caption_scores = caption_per_image = None
     if cfg.caption_images and captions is not None and len(captions):
         subset = rows.head(cfg.caption_images)
         cap_examples = build_examples(subset, captions, taxonomy, [CAPTION_TASK], style)
@@ -115,6 +117,12 @@ def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFram
                                         "caption", progress)
         parsed = [parse_caption(t) for t in cap_texts]
         refs = [parse_caption(ex["target"]).caption for ex in cap_examples]
-        caption_scores = aggregate([p.caption if p.ok else None for p in parsed], refs)
+        preds = [p.caption if p.ok else None for p in parsed]
+        caption_scores = aggregate(preds, refs)
+        # Per image, so that two models' caption scores can be compared on the same images (paired CI).
+        caption_per_image = pd.DataFrame([{"image_id": i, **field_scores(c, r)}
+                                          for i, c, r in zip(subset["image_id"].astype(str), preds, refs)])
+        caption_per_image["macro"] = caption_per_image[list(FIELDS)].mean(axis=1)
     return {"mapped": mapped, "match_log": match_log, "metrics": metrics,
-            "confusion": confusion_matrix(mapped, space), "caption_scores": caption_scores}
+            "confusion": confusion_matrix(mapped, space), "caption_scores": caption_scores,
+            "caption_per_image": caption_per_image}

@@ -44,7 +44,11 @@ from skinflow.eval.metrics import (
 # "{k}" is the evaluation's top-k depth (``effective_k``), filled in by ``metric_names``.
 METRICS = ("top1_exact", "top{k}_exact", "top1_grounded", "top{k}_grounded", "malignant_miss_at1",
            "malignant_miss_at{k}", "dangerous_error_rate", "over_call_rate", "format_compliance")
-HEADLINE = ("top1_exact", "top{k}_exact", "malignant_miss_at1", "dangerous_error_rate", "format_compliance")
+# Mean per-image caption field score (macro over the schema's fields) on the images evaluate captioned; rows
+# without captions (the baselines) have no value. Not a rate: "percent" of a score in [0, 1].
+CAPTION_METRIC = "caption_macro"
+HEADLINE = ("top1_exact", "top{k}_exact", "malignant_miss_at1", "dangerous_error_rate", "format_compliance",
+            CAPTION_METRIC)
 LOWER_IS_BETTER = ("malignant_miss_at1", "malignant_miss_at{k}", "dangerous_error_rate", "over_call_rate")
 # The paper's rows first (base -> +S2 -> +S1+S2 -> +DVE+S1+S2), then controls and baselines.
 ROW_ORDER = ("warmup", "stage2_only", "s1_s2", "stage1", "stage2", "dve_only", "vision_lora", "cfa", "skinvl")
@@ -159,8 +163,9 @@ class Evaluation:
 
 
 def evaluation(name: str, variant: str, seed: int, mapped: pd.DataFrame, space: LabelSpace,
-               k: int) -> Evaluation:
-    """Indicators of one stored prediction table (``ranked_labels`` may be text; see ``parse_ranked``)."""
+               k: int, captions: pd.DataFrame | None = None) -> Evaluation:
+    """Indicators of one stored prediction table (``ranked_labels`` may be text; see ``parse_ranked``), plus
+    ``caption_macro`` from evaluate's per-image caption scores (``image_id``, ``macro``) when given."""
     ids = mapped["image_id"].astype(str)
     if ids.duplicated().any():
         raise ValueError(f"{name}: duplicate image_id values, e.g. {sorted(ids[ids.duplicated()].unique())[:3]}")
@@ -171,7 +176,15 @@ def evaluation(name: str, variant: str, seed: int, mapped: pd.DataFrame, space: 
     names = metric_names(k)
     num = ind[[definitions[m][0] for m in names]].to_numpy(dtype=float)
     den = ind[[definitions[m][1] for m in names]].to_numpy(dtype=float)
-    return Evaluation(name, variant, int(seed), tuple(frame["image_id"]), names, num, den)
+    scores = (captions.assign(image_id=captions["image_id"].astype(str)).set_index("image_id")["macro"]
+              if captions is not None else pd.Series(dtype=float))
+    unknown = set(scores.index) - set(frame["image_id"])
+    if unknown:
+        raise ValueError(f"{name}: caption scores for images it did not evaluate, e.g. {sorted(unknown)[:3]}")
+    caption = frame["image_id"].map(scores)
+    num = np.column_stack([num, caption.fillna(0.0).to_numpy(dtype=float)])
+    den = np.column_stack([den, caption.notna().to_numpy(dtype=float)])
+    return Evaluation(name, variant, int(seed), tuple(frame["image_id"]), (*names, CAPTION_METRIC), num, den)
 
 
 @dataclass(frozen=True)
@@ -382,6 +395,27 @@ def compact(results: dict[str, Any]) -> dict[str, Any]:
     # row_order: the JSON's keys get sorted, the report keeps the paper's order.
     return {"rows": rows, "row_order": results["row_order"], "paired": paired, "n_boot": results["bootstrap"]["n_boot"],
             "ci": results["bootstrap"]["ci"]}
+
+
+def headline(results: dict[str, Any], rl_gains: Mapping[str, Sequence[float]] | None = None,
+             comparison: str = "stage2_vs_warmup") -> dict[str, Any]:
+    """The declared DVC metrics, sized for ``dvc exp show``: per row Top-1, Top-k and malignant-miss@1 (percent,
+    mean over seeds); one comparison (SkinFlow vs the warm-up by default) with its paired CI; per RL variant
+    the final reward gain over the frozen control, mean over seeds. Everything else is in the full reports."""
+    def pct(x: float | None) -> float | None:
+        return None if x is None else round(100 * x, 1)
+
+    heads = [m for m in _headline(results) if m.startswith("top") or m == "malignant_miss_at1"]
+    short = {m: m.replace("_exact", "").replace("malignant_miss_at1", "miss1") for m in heads}
+    out: dict[str, Any] = {"rows": {v: {short[m]: pct(r["metrics"][m]["mean"]) for m in heads}
+                                    for v, r in results["rows"].items()}}
+    chosen = next((c for c in results["comparisons"] if c["name"] == comparison and c["status"] == "ok"), None)
+    if chosen:
+        out[comparison] = {f"{short[m]}{suffix}": pct(chosen["metrics"][m][key]) for m in heads
+                           for suffix, key in (("", "diff"), ("_lo", "ci_low"), ("_hi", "ci_high"))}
+    if rl_gains:
+        out["rl_gain"] = {v: round(float(np.mean(g)), 4) for v, g in sorted(rl_gains.items()) if g}
+    return out
 
 
 # ---- markdown -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,7 @@ from skinflow.model.prompts import CAPTION_TASK, model_prompt_style, write_model
 
 
 class WarmupConfig(Section):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"threads"})  # under runtime.<section> in params.yaml
     enabled: bool = True
     max_steps: int = Field(1600, ge=1)
     learning_rate: float = Field(2e-3, gt=0)

@@ -119,9 +119,7 @@ def clean_copy(source: str | os.PathLike, dest: str | os.PathLike,
 
     ``files``: ``tracked`` (tracked files as they are on disk), ``worktree`` (also untracked, not
     ignored files) or ``head`` (the last commit, whatever the working tree holds)."""
-    import yaml
-
-    from skinflow.config import overlay_params, read_params
+    from skinflow.config import overlay_params_text
 
     if files not in ("tracked", "worktree", "head"):
         raise ValueError(f"files={files!r}: expected 'tracked', 'worktree' or 'head'")
@@ -145,7 +143,7 @@ def clean_copy(source: str | os.PathLike, dest: str | os.PathLike,
                 shutil.copy2(source / name, dest / name)
     if params_overlay:
         overlay = params_overlay if isinstance(params_overlay, dict) else source / params_overlay
-        params = overlay_params(read_params(dest / "params.yaml"), overlay)
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        text = overlay_params_text((dest / "params.yaml").read_text(encoding="utf-8"), overlay)
+        (dest / "params.yaml").write_text(text, encoding="utf-8")
     commit_all(dest)
     return dest

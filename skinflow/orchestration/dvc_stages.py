@@ -63,7 +63,7 @@ def _stage_env(extra_env: dict[str, str] | None) -> dict[str, str]:
 
 @contextmanager
 def stage_runner(repo_dir: str | os.PathLike = ".", extra_env: dict[str, str] | None = None) -> Iterator[None]:
-    """Within this block, :func:`run_stage` on ``repo_dir`` uses one warm DVC worker process."""
+    """Within this block, :func:`run_dvc_stage` on ``repo_dir`` uses one warm DVC worker process."""
     key = worker_key(repo_dir)
     worker = DvcWorker(repo_dir, _stage_env(extra_env))
     _WORKERS[key] = worker
@@ -74,7 +74,7 @@ def stage_runner(repo_dir: str | os.PathLike = ".", extra_env: dict[str, str] | 
         worker.close()
 
 
-def run_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str], None] = print,
+def run_dvc_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[str], None] = print,
               extra_env: dict[str, str] | None = None) -> None:
     """Reproduce one stage (``dvc repro --single-item <name>``), streaming its output to ``log``.
 

@@ -1,4 +1,4 @@
-"""Figures without a plotting library: inline SVG line charts and the attention-map PNG grid.
+"""Figures without a plotting library: inline SVG line and interval charts and the attention-map PNG grid.
 
 SVG is text, so a chart embeds in the HTML report as is, diffs in review and needs no matplotlib
 (not a dependency of this project). The attention grid is a PNG drawn with Pillow.
@@ -122,6 +122,54 @@ def svg_line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], t
         parts.append(f'<g font-size="10" font-family="sans-serif"><line x1="{left + pw - 150}" '
                      f'x2="{left + pw - 136}" y1="{ly - 3}" y2="{ly - 3}" stroke="{colour}" stroke-width="2"/>'
                      f'<text x="{left + pw - 132}" y="{ly}">{escape(name)}</text></g>')
+    return "".join(parts) + "</svg>"
+
+
+def svg_interval_chart(rows: Sequence[tuple[str, float | None, float | None, float | None]], title: str,
+                       x_label: str = "%", width: int = 560, row_height: int = 22, highlight: str = "") -> str:
+    """Horizontal dot-and-whisker chart: one line per ``(label, value, low, high)`` (a CI as the whisker),
+    the ``highlight`` row in red; rows without a value say so instead of drawing a zero."""
+    left, right, top, bottom = 150, 16, 28, 34
+    height = top + bottom + row_height * max(1, len(rows))
+    finite = [v for _, *vals in rows for v in vals if v is not None and math.isfinite(v)]
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+            f'<rect width="{width}" height="{height}" fill="white"/>'
+            f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-family="sans-serif">'
+            f'{escape(title)}</text>')
+    if not finite:
+        return head + (f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="12" '
+                       f'font-family="sans-serif" fill="#666">no data</text></svg>')
+    ticks = nice_ticks(min(finite), max(finite))
+    x0, x1 = min([*finite, *ticks]), max([*finite, *ticks])
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    pw = width - left - right
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    parts = [head, '<g font-size="10" font-family="sans-serif" fill="#333">']
+    bottom_y = top + row_height * len(rows)
+    for t in ticks:
+        parts.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top}" y2="{bottom_y}" stroke="#eee"/>'
+                     f'<text x="{px(t):.1f}" y="{bottom_y + 14}" text-anchor="middle">{_fmt(t)}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text></g>')
+    for i, (label, value, low, high) in enumerate(rows):
+        y = top + row_height * i + row_height / 2
+        colour = "#d62728" if label == highlight else "#1f77b4"
+        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+                     f'font-family="sans-serif">{escape(label)}</text>')
+        if value is None or not math.isfinite(value):
+            parts.append(f'<text x="{left + 4}" y="{y + 4:.1f}" font-size="10" font-family="sans-serif" '
+                         f'fill="#666">not produced</text>')
+            continue
+        if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+            parts.append(f'<line x1="{px(low):.1f}" x2="{px(high):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                         f'stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<circle cx="{px(value):.1f}" cy="{y:.1f}" r="4" fill="{colour}"/>'
+                     f'<text x="{px(value):.1f}" y="{y - 6:.1f}" text-anchor="middle" font-size="9" '
+                     f'font-family="sans-serif" fill="#333">{_fmt(value)}</text>')
     return "".join(parts) + "</svg>"
 
 

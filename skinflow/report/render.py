@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from skinflow.report.figures import svg_line_chart
+from skinflow.report.figures import svg_interval_chart, svg_line_chart
 from skinflow.report.inputs import SOURCES, Artifact, ReportInputs
 
 NOT_PRODUCED = "not produced in this run"
@@ -265,7 +265,7 @@ def evaluation_section(inputs: ReportInputs) -> DocSection:
 
 def ablation_section(inputs: ReportInputs) -> DocSection:
     ablation = inputs.get("ablation")
-    section = DocSection("ablation", "Ablation", _present(inputs, "ablation"))
+    section = DocSection("ablation", "Result: the ablation (test split)", _present(inputs, "ablation"))
     if not (ablation and ablation.present):
         section.parts.append(_missing(inputs, "ablation"))
         return section
@@ -275,6 +275,13 @@ def ablation_section(inputs: ReportInputs) -> DocSection:
     names = (ablation.data.get("row_order") or list(table)) if seeded else list(table)
     columns = list(dict.fromkeys(c for row in table.values() for c, v in row.items() if is_ci_cell(v) or
                                  (v is None and c not in ("model", "n_images"))))
+    for metric in [c for c in columns if c.startswith("top") or c == "malignant_miss_at1"]:
+        points = [(name, *(None if (table[name].get(metric) or {}).get(key) is None
+                           else 100 * table[name][metric][key] for key in ("value", "ci_low", "ci_high")))
+                  for name in names]
+        title = (metric.replace("_exact", "").replace("top", "Top-") if metric.startswith("top")
+                 else "malignant miss@1 (lower is safer)")
+        section.parts.append(Chart(title, svg_interval_chart(points, f"{title}, % [95% CI]", highlight="stage2")))
     seeds = lambda row: [fmt(row.get("n_seeds"))] if seeded else []  # noqa: E731
     section.parts.append(Table(["variant", *(["seeds"] if seeded else []), "n", *columns],
                                [[name, *seeds(table[name]), fmt(table[name].get("n_images")),
@@ -342,7 +349,8 @@ def _ordered(table: dict, order: list | None) -> list[tuple[str, Any]]:
     return [(n, table[n]) for n in names]
 
 
-SECTIONS = (dataset_section, captions_section, training_section, evaluation_section, ablation_section,
+# The result first (what the paper is about), then how it was produced.
+SECTIONS = (ablation_section, dataset_section, captions_section, training_section, evaluation_section,
             baselines_section, attention_section)
 
 

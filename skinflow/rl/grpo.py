@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pandas as pd
 import torch
@@ -23,6 +23,7 @@ from skinflow.config import Section
 from skinflow.io import atomic_dir
 from skinflow.model.examples import build_examples
 from skinflow.model.fdlinear import DVEConfig
+from skinflow.model.policy import LoraSettings
 from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, model_prompt_style
 from skinflow.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
 
@@ -30,19 +31,8 @@ from skinflow.rl.rewards import Stage1RewardConfig, Stage2RewardConfig
 PEAK_FLOPS = {"cuda": 989e12}
 
 
-class LoraSettings(Section):
-    enabled: bool = False
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]  # language scope: name suffixes
-    # "vision": LoRA on the vision linears the DVE config selects (blocks x projections) instead of the language
-    # model; with match_dve_params the rank is set so LoRA adds as many parameters as the DVE would (ablation).
-    scope: Literal["language", "vision"] = "language"
-    match_dve_params: bool = False
-
-
 class RLStageConfig(Section):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"work_dir"})  # under runtime.<section> in params.yaml
     enabled: bool = True
     max_steps: int = Field(40, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
@@ -139,45 +129,6 @@ def align_reference(trainer) -> bool:
     return True
 
 
-def _prepare_model(model, cfg: RLStageConfig) -> tuple[object, dict]:
-    """Apply DVE conversion, vision freezing and LoRA as configured; returns (model, info)."""
-    from skinflow.model.fdlinear import convert_vision_tower, stored_dve_config
-
-    info: dict = {}
-    if cfg.dve.enabled and stored_dve_config(model.config) is None:
-        report = convert_vision_tower(model, cfg.dve)
-        info["dve_conversion"] = {k: v for k, v in report.to_dict().items() if k != "layers"}
-    if not cfg.train_vision:
-        for name, param in model.model.visual.named_parameters():
-            # The DVE heads are the new capacity; they stay trainable even with a frozen tower.
-            param.requires_grad = ".head." in name or name.endswith("head")
-    if cfg.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        from skinflow.model.lora import language_targets, matched_rank, vision_targets
-
-        rank, alpha = cfg.lora.r, cfg.lora.alpha
-        if cfg.lora.scope == "vision":
-            targets = vision_targets(model, cfg.dve)
-            if cfg.lora.match_dve_params:
-                rank, lora_params, dve_params = matched_rank(model, cfg.dve)
-                alpha = round(rank * cfg.lora.alpha / cfg.lora.r)  # keep the configured alpha / r scale
-                info["lora_matched"] = {"rank": rank, "lora_params": lora_params, "dve_added_params": dve_params}
-        else:
-            targets = language_targets(model, cfg.lora.target_modules)
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=cfg.lora.dropout,
-                                                 target_modules=targets))
-        if cfg.dve.enabled:  # peft freezes everything but the adapters; the DVE is trained either way
-            from skinflow.model.fdlinear import FDLinear
-
-            for module in model.modules():
-                if isinstance(module, FDLinear):
-                    module.requires_grad_(True)
-    info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    info["parameters"] = sum(p.numel() for p in model.parameters())
-    return model, info
-
-
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".pt")
 
 
@@ -193,6 +144,7 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
 
     from skinflow.eval.equivalence import LabelSpace
     from skinflow.model.base import load_model
+    from skinflow.model.policy import build_policy
     from skinflow.rl.control import attach_control, control_summary, frozen_copy, needs_copy
     from skinflow.rl.rewards import make_stage1_reward_funcs, make_stage2_reward_funcs
 
@@ -211,7 +163,8 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
 
     seed_everything(cfg.seed)  # LoRA adapters and the DVE heads are initialised before TRL seeds anything
     model, processor = load_model(in_dir, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    model, info = _prepare_model(model, cfg)
+    policy = build_policy(model, cfg.dve, cfg.lora, cfg.train_vision, cfg.learning_rate)
+    model, info = policy.model, policy.info
     work = Path(cfg.work_dir) / stage
     batch = cfg.prompts_per_step * cfg.num_generations
     args = GRPOConfig(
@@ -225,11 +178,7 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
         disable_tqdm=True, lr_scheduler_type="constant", remove_unused_columns=False,
         use_vllm=cfg.rollout_engine == "vllm",
     )
-    optimizers = (None, None)
-    if cfg.dve.enabled and cfg.dve.head_lr_scale != 1.0:
-        from skinflow.model.fdlinear import dve_param_groups
-
-        optimizers = (torch.optim.AdamW(dve_param_groups(model, cfg.learning_rate, cfg.dve.head_lr_scale)), None)
+    optimizers = (torch.optim.AdamW(policy.param_groups), None) if policy.param_groups else (None, None)
     # Taken before TRL patches the model's forward (a later copy would run the policy); only without a KL reference.
     frozen = frozen_copy(model) if cfg.control_every and needs_copy(model, cfg.beta) else None
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, optimizers=optimizers,

@@ -246,7 +246,7 @@ def test_clip_encoder_features_are_cached_and_separable(tmp_path):
 
 def test_stage_end_to_end_on_a_tiny_qwen_tower(tmp_path, monkeypatch):
     from pipelines.cfa_baseline import main
-    from micro_model import micro_vl_config
+    from micro_models import micro_vl_config
     from skinflow.model.base import BaseModelConfig, build_tiny
 
     rows = _write_images(tmp_path / "data")
@@ -259,7 +259,7 @@ def test_stage_end_to_end_on_a_tiny_qwen_tower(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"cfa_baseline": {
         "vision_from": "models/base", "epochs": 80, "lr": 0.01, "batch_size": 12, "patience": 30,
-        "n_boot": 50, "cache_dir": ".cache/cfa", "pooling": "mean"}}))
+        "n_boot": 50, "pooling": "mean"}, "runtime": {"cfa_baseline": {"cache_dir": ".cache/cfa"}}}))
     monkeypatch.chdir(tmp_path)
 
     result = main(["--params", str(params)])

@@ -124,7 +124,7 @@ def workspace(tmp_path_factory):
     """Tiny SkinSynth (four conditions, so every class has train images) + a tiny random base."""
     from skinflow.data.corpus import captioned_skinsynth
     from skinflow.data.skinsynth import SynthConfig
-    from micro_model import micro_vl_config
+    from micro_models import micro_vl_config
     from skinflow.model.base import BaseModelConfig, build_tiny
 
     root = tmp_path_factory.mktemp("skinvl")

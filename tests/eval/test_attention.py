@@ -124,7 +124,7 @@ LABELS = ["melanoma", "nevocytic nevus", "psoriasis"]
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from micro_model import micro_vl_config
+    from micro_models import micro_vl_config
     from skinflow.model.base import BaseModelConfig, build_tiny
 
     root = tmp_path_factory.mktemp("tiny_attention")

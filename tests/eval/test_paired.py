@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -233,11 +234,58 @@ def test_stage_writes_report_and_compact_metrics(tmp_path, monkeypatch, space):
     compact_json = json.loads((tmp_path / "reports/ablation.json").read_text())
     assert set(compact_json["rows"]) == {"warmup", "stage2", "cfa"}
     assert set(compact_json["rows"]["stage2"]) == {"n_seeds", "n_images", "top1_exact", "top6_exact",
-                                                   "malignant_miss_at1", "dangerous_error_rate", "format_compliance"}
+                                                   "malignant_miss_at1", "dangerous_error_rate", "format_compliance",
+                                                   "caption_macro"}
     assert compact_json["paired"]["stage2_vs_warmup"]["top1_exact"]["effect"] is True
     assert compact_json["paired"]["s1_s2_vs_warmup"] == {"status": "not run"}
     full = json.loads((tmp_path / "reports/ablation_full.json").read_text())
     assert full["rows"]["stage2"]["metrics"]["over_call_rate"]["n_seeds"] == 2
+
+
+def test_caption_scores_become_a_paired_metric_on_the_images_both_rows_captioned(space):
+    frame = mapped(0.5, 1)
+    ids = sorted(frame["image_id"].astype(str))
+    low = pd.DataFrame({"image_id": ids[:20], "macro": 0.2})
+    high = pd.DataFrame({"image_id": ids[:20], "macro": [0.5 + 0.01 * i for i in range(20)]})
+    a = evaluation("a-s0", "a", 0, frame, space, 6, high)
+    b = evaluation("b-s0", "b", 0, frame, space, 6, low)
+    none = evaluation("c", "c", 0, frame, space, 6)
+    assert a.values()["caption_macro"] == pytest.approx(0.595) and math.isnan(none.values()["caption_macro"])
+    rows = group_rows([a, b])
+    diff = paired_difference(rows["a"], rows["b"], n_boot=200, seed=0, ci=0.95)["caption_macro"]
+    assert diff["diff"] == pytest.approx(0.395) and diff["effect"] and diff["ci_low"] > 0
+    with pytest.raises(ValueError, match="caption scores for images it did not evaluate"):
+        evaluation("d", "d", 0, frame, space, 6, pd.DataFrame({"image_id": ["nope"], "macro": [1.0]}))
+
+
+def test_stage_writes_a_headline_sized_for_dvc_exp_show(tmp_path, monkeypatch, space):
+    _layout(tmp_path, space)
+    (tmp_path / "metrics/rl").mkdir(parents=True)
+    for seed, gain in ((0, 0.02), (1, 0.04)):
+        (tmp_path / f"metrics/rl/stage2-s{seed}.json").write_text(json.dumps({"control": {"gain_last_third": gain}}))
+    monkeypatch.chdir(tmp_path)
+    results = ablation.main(["--params", "params.yaml"])
+    head = json.loads((tmp_path / "metrics/headline.json").read_text())
+    assert set(head) == {"rows", "stage2_vs_warmup", "rl_gain"}
+    assert head["rows"]["stage2"] == {
+        "top1": round(100 * results["rows"]["stage2"]["metrics"]["top1_exact"]["mean"], 1),
+        "top6": round(100 * results["rows"]["stage2"]["metrics"]["top6_exact"]["mean"], 1),
+        "miss1": round(100 * results["rows"]["stage2"]["metrics"]["malignant_miss_at1"]["mean"], 1)}
+    diff = next(c for c in results["comparisons"] if c["name"] == "stage2_vs_warmup")["metrics"]["top1_exact"]
+    assert (head["stage2_vs_warmup"]["top1_lo"], head["stage2_vs_warmup"]["top1_hi"]) == (
+        round(100 * diff["ci_low"], 1), round(100 * diff["ci_high"], 1))
+    assert head["rl_gain"] == {"stage2": 0.03}                 # mean over seeds; rows without RL have none
+    # Plot data for dvc.yaml's top-level plots.
+    table = pd.read_csv(tmp_path / "reports/plots/ablation.csv")
+    assert list(table.columns) == ["variant", *(f"{m}{s}" for m in ("top1", "topk", "miss1") for s in ("", "_lo", "_hi"))]
+    assert table["variant"].tolist() == ["warmup", "stage2", "cfa"]
+    assert table.loc[1, "top1"] == round(100 * results["rows"]["stage2"]["metrics"]["top1_exact"]["mean"], 2)
+    confusion = pd.read_csv(tmp_path / "reports/plots/confusion-stage2.csv")
+    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == N_IMAGES
+    assert (tmp_path / "reports/plots/confusion-warmup.csv").exists()
+    leaves = [*(v for row in head["rows"].values() for v in row.values()), *head["stage2_vs_warmup"].values(),
+              *head["rl_gain"].values()]
+    assert len(leaves) == 3 * 3 + 9 + 1 and all(isinstance(v, (int, float)) for v in leaves)
 
 
 def test_report_renders_the_seeded_ablation(tmp_path, monkeypatch, space):
@@ -252,10 +300,11 @@ def test_report_renders_the_seeded_ablation(tmp_path, monkeypatch, space):
     rows, paired = [p for p in ablation_section(inputs).parts if isinstance(p, Table)]
     assert [r[:3] for r in rows.rows] == [["warmup", "2", str(N_IMAGES)], ["stage2", "2", str(N_IMAGES)],
                                           ["cfa", "1", str(N_IMAGES)]]
-    assert sorted(rows.header[3:]) == ["dangerous_error_rate", "format_compliance", "malignant_miss_at1",
-                                       "top1_exact", "top6_exact"]
+    assert sorted(rows.header[3:]) == ["caption_macro", "dangerous_error_rate", "format_compliance",
+                                       "malignant_miss_at1", "top1_exact", "top6_exact"]
     by_name = {r[0]: r for r in paired.rows}
-    assert by_name["stage2_vs_warmup"][1].endswith(" *") and by_name["s1_s2_vs_warmup"][1] == "not run"
+    top1 = paired.header.index("top1_exact")
+    assert by_name["stage2_vs_warmup"][top1].endswith(" *") and by_name["s1_s2_vs_warmup"][top1] == "not run"
 
 
 def test_stage_refuses_predictions_that_disagree_with_the_stored_metrics(tmp_path, monkeypatch, space):

@@ -124,3 +124,38 @@ def test_dvc_status_reports_the_stages_an_edit_affects(tmp_path, stages):
         assert expected <= reported, f"editing {edited}: dvc status reports {sorted(reported)}"
         # And exactly the stages whose code reads it, foreach/matrix items included.
         assert reported == {s.name for s in stages if edited in code_files(REPO, s.modules)}
+
+
+def _stages_with_changed_params(project: Path) -> dict[str, set[str]]:
+    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, check=True, capture_output=True, text=True)
+    out = {}
+    for stage, entries in json.loads(done.stdout or "{}").items():
+        for entry in entries:
+            changed = entry.get("changed deps", {}) if isinstance(entry, dict) else {}
+            params = changed.get("params.yaml")
+            if isinstance(params, dict):
+                out.setdefault(stage, set()).update(params)
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_runtime_knobs_rerun_nothing_and_result_keys_do(tmp_path):
+    import yaml
+
+    project = _copy_project(tmp_path)
+    assert _stages_with_changed_params(project) == {}
+    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    original = (project / "params.yaml").read_text(encoding="utf-8")
+    # Every runtime knob changed at once: no stage is stale.
+    for section, knobs in params["runtime"].items():
+        for key, value in knobs.items():
+            knobs[key] = value + 3 if isinstance(value, int) else f"{value}-elsewhere"
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    assert _stages_with_changed_params(project) == {}
+    # A key that shapes results re-runs the stages that read its section, and only those.
+    params = yaml.safe_load(original)
+    params["stage2_rl"]["learning_rate"] *= 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    stale = _stages_with_changed_params(project)
+    assert stale and all(keys == {"stage2_rl"} for keys in stale.values()), stale
+    assert "stage2_rl@0" in stale and not {"warmup", "stage1_rl@0", "evaluate@stage1-0"} & set(stale), sorted(stale)

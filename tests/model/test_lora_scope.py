@@ -8,7 +8,8 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from skinflow.model.fdlinear import DVEConfig, convert_vision_tower
 from skinflow.model.lora import dve_added_params, language_targets, matched_rank, vision_targets
-from skinflow.rl.grpo import LoraSettings, Stage2Config, _prepare_model
+from skinflow.model.policy import LoraSettings, build_policy
+from skinflow.rl.grpo import Stage2Config
 
 
 @pytest.fixture()
@@ -53,7 +54,8 @@ def test_matched_rank_is_closest_to_the_dve_overhead(model):
 def test_vision_scope_trains_only_vision_lora(model):
     cfg = Stage2Config(dve=DVEConfig(enabled=False),
                        lora=LoraSettings(enabled=True, scope="vision", match_dve_params=True))
-    peft_model, info = _prepare_model(model, cfg)
+    policy = build_policy(model, cfg.dve, cfg.lora, cfg.train_vision, cfg.learning_rate)
+    peft_model, info = policy.model, policy.info
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ".visual." in n for n in trainable)
     assert info["lora_matched"]["rank"] >= 1
@@ -62,14 +64,16 @@ def test_vision_scope_trains_only_vision_lora(model):
 
 def test_language_scope_leaves_the_vision_tower_alone(model):
     cfg = Stage2Config(dve=DVEConfig(enabled=False), lora=LoraSettings(enabled=True, target_modules=["down_proj"]))
-    peft_model, _ = _prepare_model(model, cfg)
+    policy = build_policy(model, cfg.dve, cfg.lora, cfg.train_vision, cfg.learning_rate)
+    peft_model, _ = policy.model, policy.info
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and not any(".visual." in n for n in trainable)
 
 
 def test_language_lora_keeps_the_dve_trainable(model):
     cfg = Stage2Config(dve=DVEConfig(enabled=True), lora=LoraSettings(enabled=True, target_modules=["q_proj"]))
-    peft_model, _ = _prepare_model(model, cfg)
+    policy = build_policy(model, cfg.dve, cfg.lora, cfg.train_vision, cfg.learning_rate)
+    peft_model, _ = policy.model, policy.info
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert any(".visual." in n and "spectrum" in n for n in trainable)
     assert any(".visual." in n and ".head." in n for n in trainable)

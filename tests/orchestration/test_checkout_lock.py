@@ -19,7 +19,7 @@ import zc.lockfile
 from dvc_toy import dvc, env, git, make_repo, up_to_date
 from skinflow.orchestration.checkout import (CheckoutBusy, checkout_lock, dvc_lock_error,
                                              record_dvc_lock)
-from skinflow.orchestration.dvc_stages import StageFailed, run_stage
+from skinflow.orchestration.dvc_stages import StageFailed, run_dvc_stage
 
 # `slow` holds its output's write lock until the test creates `release`; `after` reads that output.
 DVC_YAML = """
@@ -76,7 +76,7 @@ def test_second_repro_fails_fast_and_the_first_completes_cleanly(tmp_path, secon
         wait_for_write_lock(repo, first)
         started = time.monotonic()
         with pytest.raises(CheckoutBusy) as busy:
-            run_stage(second_stage, repo, log=lambda line: None)
+            run_dvc_stage(second_stage, repo, log=lambda line: None)
         assert time.monotonic() - started < 20  # DVC retries its repo lock ~3 s, then gives up
     finally:
         (repo / "release").touch()  # let the first run finish whatever happened
@@ -101,11 +101,11 @@ def test_held_repo_lock_is_reported_not_mistaken_for_a_stage_failure(tmp_path):
     try:
         started = time.monotonic()
         with pytest.raises(CheckoutBusy, match="Unable to acquire lock"):
-            run_stage("slow", repo, log=lambda line: None)
+            run_dvc_stage("slow", repo, log=lambda line: None)
         assert time.monotonic() - started < 20
     finally:
         held.close()
-    run_stage("slow", repo, log=lambda line: None)  # free again: runs normally
+    run_dvc_stage("slow", repo, log=lambda line: None)  # free again: runs normally
     assert (repo / "a.txt").read_text() == "a"
 
 
@@ -113,7 +113,7 @@ def test_a_failing_stage_is_still_a_stage_failure(tmp_path):
     repo = make_repo(tmp_path / "repo", "stages:\n  bad:\n    cmd: python -c \"raise SystemExit("
                                         "'ERROR: Unable to acquire lock on my own file')\"\n    outs: [x]\n")
     with pytest.raises(StageFailed):  # the stage's own output must not look like DVC's lock error
-        run_stage("bad", repo, log=lambda line: None)
+        run_dvc_stage("bad", repo, log=lambda line: None)
 
 
 def test_dvc_lock_error_reads_only_dvc_error_lines():

@@ -9,7 +9,7 @@ import zc.lockfile
 
 from dvc_toy import make_repo, up_to_date
 from skinflow.orchestration.checkout import CheckoutBusy
-from skinflow.orchestration.dvc_stages import _WORKERS, StageFailed, run_stage, stage_runner
+from skinflow.orchestration.dvc_stages import _WORKERS, StageFailed, run_dvc_stage, stage_runner
 from skinflow.orchestration.dvc_worker import worker_key
 
 DVC_YAML = """
@@ -33,9 +33,9 @@ def test_stages_share_one_process_and_dvc_records_them(tmp_path):
     lines: list[str] = []
     with stage_runner(repo):
         worker = _WORKERS[worker_key(repo)]
-        run_stage("first", repo, log=lines.append)
-        run_stage("second", repo, log=lines.append)
-        run_stage("second", repo, log=lines.append)  # nothing stale: DVC skips it
+        run_dvc_stage("first", repo, log=lines.append)
+        run_dvc_stage("second", repo, log=lines.append)
+        run_dvc_stage("second", repo, log=lines.append)  # nothing stale: DVC skips it
         assert worker.alive() and _WORKERS[worker_key(repo)] is worker
     assert not worker.alive() and worker_key(repo) not in _WORKERS
     assert (repo / "b.txt").read_text() == "ab"
@@ -51,12 +51,12 @@ def test_stages_share_one_process_and_dvc_records_them(tmp_path):
 def test_failure_is_reported_with_output_and_the_worker_goes_on(tmp_path):
     repo = make_repo(tmp_path / "repo", DVC_YAML)
     with stage_runner(repo):
-        run_stage("first", repo, log=lambda _: None)
-        run_stage("second", repo, log=lambda _: None)
+        run_dvc_stage("first", repo, log=lambda _: None)
+        run_dvc_stage("second", repo, log=lambda _: None)
         with pytest.raises(StageFailed, match="boom from the stage"):
-            run_stage("broken", repo, log=lambda _: None)
+            run_dvc_stage("broken", repo, log=lambda _: None)
         assert _WORKERS[worker_key(repo)].alive()
-        run_stage("second", repo, log=lambda _: None)
+        run_dvc_stage("second", repo, log=lambda _: None)
     assert not (repo / "c.txt").exists() and up_to_date(repo) is False
 
 
@@ -66,10 +66,10 @@ def test_held_repo_lock_is_busy_not_a_stage_failure(tmp_path):
         held = zc.lockfile.LockFile(str(repo / ".dvc" / "tmp" / "lock"))  # what a running `dvc` holds
         try:
             with pytest.raises(CheckoutBusy):
-                run_stage("first", repo, log=lambda _: None)
+                run_dvc_stage("first", repo, log=lambda _: None)
         finally:
             held.close()
-        run_stage("first", repo, log=lambda _: None)
+        run_dvc_stage("first", repo, log=lambda _: None)
     assert (repo / "a.txt").read_text() == "a"
 
 
@@ -78,5 +78,5 @@ def test_a_killed_worker_fails_the_stage_and_the_retry_runs_standalone(tmp_path)
     with stage_runner(repo):
         _WORKERS[worker_key(repo)].proc.kill()
         _WORKERS[worker_key(repo)].proc.wait()
-        run_stage("first", repo, log=lambda _: None)  # dead worker: falls back to `dvc repro`
+        run_dvc_stage("first", repo, log=lambda _: None)  # dead worker: falls back to `dvc repro`
     assert Path(repo / "a.txt").read_text() == "a"

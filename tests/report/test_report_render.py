@@ -20,8 +20,10 @@ from skinflow.report.inputs import SOURCES, Artifact, Provenance, ReportConfig, 
 from skinflow.report.render import NOT_PRODUCED, build_sections, render_html, render_markdown
 
 CODE = {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True, "changed": ["skinflow/x.py"]}
-TITLES = ["Dataset and validation", "Caption quality", "Training: warm-up and RL stages",
-          "Evaluation per model variant", "Ablation", "Baselines", "Where the models look: attention maps"]
+# The result leads; how it was produced follows.
+TITLES = ["Result: the ablation (test split)", "Dataset and validation", "Caption quality",
+          "Training: warm-up and RL stages", "Evaluation per model variant", "Baselines",
+          "Where the models look: attention maps"]
 
 
 def _eval_json(variant: str, hits: int, three_classes: bool = False) -> dict:
@@ -129,6 +131,7 @@ def test_numbers_and_cis_rendered_from_inputs():
     cell = f"{stage2['value']:.3f} [{stage2['ci_low']:.3f}, {stage2['ci_high']:.3f}]"
     assert cell in html and cell in md
     assert "0.250 [0.100, 0.400]" in md                       # ablation cell
+    assert html.index("Top-1, % [95% CI]") < html.index("<h2>Dataset and validation</h2>")  # the chart leads
     assert "| warmup | models/warmup | 2 | 0.9877 | 0.0612 | 0.0548 | 0.2 |" in md   # attention means
     assert md.index("| warmup | models/warmup |") < md.index("| base | models/base | 2 | 1 | — |")  # PNG order
     assert "| accuracy | 0.4321 |" in md and "| macro_f1 | 0.300 [0.200, 0.400] |" in md

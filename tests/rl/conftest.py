@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    from micro_model import micro_vl_config
+    from micro_models import micro_vl_config
 
     from skinflow.data.corpus import captioned_skinsynth
     from skinflow.model.base import BaseModelConfig, build_tiny

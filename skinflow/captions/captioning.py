@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 from pydantic import Field
@@ -31,6 +32,7 @@ CAPTION_COLUMNS = {
 
 
 class CaptionStageConfig(Section):
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"progress_dir"})  # under runtime.<section> in params.yaml
     captioner: CaptionerConfig = CaptionerConfig(kind="oracle")
     attributes: str | None = "data/skinsynth/attributes.parquet"  # ground truth (oracle + references)
     batch_size: int = Field(64, ge=1)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from skinflow.captions.parser import parse_caption
-from skinflow.captions.stage import CaptionStageConfig, run_captions
+from skinflow.captions.captioning import CaptionStageConfig, run_captions
 from skinflow.data.ingest import IngestConfig, ingest
 from skinflow.data.skinsynth import SynthConfig, generate
 from skinflow.data.validation import ValidateConfig, validate
