@@ -10,24 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from dvc_toy import BROKEN_STAGE, TOY_DAG
 from skinflow.orchestration.dvc_stages import StageFailed, headline_table, stage_order, stage_plan
 
 REPO = Path(__file__).resolve().parents[2]
 
-DVC_YAML = textwrap.dedent("""
-    stages:
-      second:
-        cmd: python -c "import pathlib; pathlib.Path('b.txt').write_text(pathlib.Path('a.txt').read_text() + 'b')"
-        deps: [a.txt]
-        outs: [b.txt]
-      first:
-        cmd: python -c "import pathlib; pathlib.Path('a.txt').write_text('a')"
-        outs: [a.txt]
-      broken:
-        cmd: python -c "import sys; print('boom from the stage'); sys.exit(3)"
-        deps: [b.txt]
-        outs: [c.txt]
-""")
+DVC_YAML = TOY_DAG.rstrip("\n") + BROKEN_STAGE
 
 
 @pytest.fixture(scope="module")

@@ -99,16 +99,20 @@ def _copy_project(dest: Path) -> Path:
     return dest
 
 
-def _stages_with_modified_code(project: Path) -> dict[str, set[str]]:
+def _changed_deps(project: Path) -> dict[str, dict]:
+    """``{stage: {dep path: state, or {param: state} for params.yaml}}`` from ``dvc status``."""
     done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, check=True, capture_output=True, text=True)
-    out = {}
+    out: dict[str, dict] = {}
     for stage, entries in json.loads(done.stdout or "{}").items():
         for entry in entries:
-            changed = entry.get("changed deps", {}) if isinstance(entry, dict) else {}
-            modified = {p for p, state in changed.items() if state == "modified" and p.startswith(("skinflow/", "pipelines/"))}
-            if modified:
-                out.setdefault(stage, set()).update(modified)
+            out.setdefault(stage, {}).update(entry.get("changed deps", {}) if isinstance(entry, dict) else {})
     return out
+
+
+def _stages_with_modified_code(project: Path) -> dict[str, set[str]]:
+    out = {stage: {p for p, state in changed.items() if state == "modified" and p.startswith(("skinflow/", "pipelines/"))}
+           for stage, changed in _changed_deps(project).items()}
+    return {stage: paths for stage, paths in out.items() if paths}
 
 
 @pytest.mark.timeout(300)
@@ -127,15 +131,8 @@ def test_dvc_status_reports_the_stages_an_edit_affects(tmp_path, stages):
 
 
 def _stages_with_changed_params(project: Path) -> dict[str, set[str]]:
-    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=project, check=True, capture_output=True, text=True)
-    out = {}
-    for stage, entries in json.loads(done.stdout or "{}").items():
-        for entry in entries:
-            changed = entry.get("changed deps", {}) if isinstance(entry, dict) else {}
-            params = changed.get("params.yaml")
-            if isinstance(params, dict):
-                out.setdefault(stage, set()).update(params)
-    return out
+    return {stage: set(changed["params.yaml"]) for stage, changed in _changed_deps(project).items()
+            if isinstance(changed.get("params.yaml"), dict)}
 
 
 @pytest.mark.timeout(300)

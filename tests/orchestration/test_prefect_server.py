@@ -13,21 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_toy import REPO, make_repo, run
+from dvc_toy import REPO, TOY_DAG, make_repo, run
 from skinflow.orchestration.local_server import local_prefect_server, prefect_command, server_env
 
 pytestmark = pytest.mark.slow
-
-TOY_DAG = """
-stages:
-  second:
-    cmd: python -c "import pathlib; pathlib.Path('b.txt').write_text(pathlib.Path('a.txt').read_text() + 'b')"
-    deps: [a.txt]
-    outs: [b.txt]
-  first:
-    cmd: python -c "import pathlib; pathlib.Path('a.txt').write_text('a')"
-    outs: [a.txt]
-"""
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 GIT_ID = ["-c", "user.email=ci@localhost", "-c", "user.name=ci"]
+# Two chained stages, listed out of DAG order (the flow must order them by the DAG, not the file).
+TOY_DAG = """
+stages:
+  second:
+    cmd: python -c "import pathlib; pathlib.Path('b.txt').write_text(pathlib.Path('a.txt').read_text() + 'b')"
+    deps: [a.txt]
+    outs: [b.txt]
+  first:
+    cmd: python -c "import pathlib; pathlib.Path('a.txt').write_text('a')"
+    outs: [a.txt]
+"""
+# A third stage after them that fails with a message of its own.
+BROKEN_STAGE = """
+  broken:
+    cmd: python -c "import sys; print('boom from the stage'); sys.exit(3)"
+    deps: [b.txt]
+    outs: [c.txt]
+"""
 
 
 def env() -> dict[str, str]:
