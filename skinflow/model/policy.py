@@ -40,7 +40,16 @@ def build_policy(model: nn.Module, dve: DVEConfig, lora: LoraSettings, train_vis
     from skinflow.model.fdlinear import FDLinear, convert_vision_tower, dve_param_groups, stored_dve_config
 
     info: dict[str, Any] = {}
-    if dve.enabled and stored_dve_config(model.config) is None:
+    stored = stored_dve_config(model.config)
+    if stored is not None:
+        # The start model's FDLinear layout is fixed by its weights: a different one asked for here would be
+        # silently ignored, so it is refused (the optimizer's head_lr_scale may differ).
+        clash = [k for k in ("enabled", "blocks", "projections", "num_bands") if getattr(dve, k) != getattr(stored, k)]
+        if clash:
+            raise ValueError("the start model already has a DVE (" + ", ".join(f"{k}={getattr(stored, k)}" for k in clash)
+                             + "); dve." + ", dve.".join(clash) + " would be ignored: set them to these values, or "
+                             "start from a model without a DVE")
+    if dve.enabled and stored is None:
         report = convert_vision_tower(model, dve)
         info["dve_conversion"] = {k: v for k, v in report.to_dict().items() if k != "layers"}
     if not train_vision:
