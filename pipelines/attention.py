@@ -20,8 +20,8 @@ import pandas as pd
 
 from skinflow.captions.parser import parse_diagnoses
 from skinflow.eval.attention import (
-    AGGREGATION, AttentionConfig, back_project, explain_variant, lesion_geometry, score_explanation,
-    variant_summary,
+    AGGREGATION, AttentionConfig, back_project, explain_variant, lesion_geometry, map_separation,
+    score_explanation, variant_summary,
 )
 from skinflow.eval.evaluate import diagnosis_examples
 from skinflow.io import write_bytes, write_json
@@ -111,13 +111,17 @@ def main(argv: list[str] | None = None) -> dict:
         cells = [GridCell(back_project(np.asarray(r["images"][k]["grid"]), image.height, image.width),
                           _caption(r["images"][k]), disc) for r in results.values()]
         grid_rows.append(GridRow(f"{str(image_id)[:10]}\n{label}", image, cells))
+    separation = map_separation({n: [np.asarray(c["grid"]) for c in r["images"]] for n, r in results.items()},
+                                cfg.separation_threshold)
     footer = FOOTER if geometry else FOOTER.split(" L:")[0] + "\nNo lesion geometry: lesion share not computed."
+    footer = f"{separation['verdict'][:1].upper()}{separation['verdict'][1:]}.\n{footer}"
     write_bytes(OUT_PNG, attention_grid_png(grid_rows, list(results), cfg.cell_px, footer))
 
     header = {"method": cfg.method, "aggregation": AGGREGATION[cfg.method], "split": cfg.split,
               "n_images": int(len(rows)), "image_ids": [str(i) for i in rows["image_id"]],
               "lesion_geometry": geometry_note, "missing_variants": missing,
-              "variant_order": list(results)}  # the PNG's column order (JSON keys get sorted)
+              "variant_order": list(results),  # the PNG's column order (JSON keys get sorted)
+              "separation": separation}
     summary = {**header, "variants": {n: {k: v for k, v in r.items() if k != "images"}
                                       for n, r in results.items()}}
     write_json(OUT_METRICS, summary)

@@ -55,12 +55,15 @@ AGGREGATION = {
 class AttentionConfig(Section):
     split: str = "test"
     n_images: int = Field(6, ge=1)                 # the first n image_ids of the split, sorted
-    method: Literal["attention", "gradxinput"] = "attention"
+    method: Literal["attention", "gradxinput"] = "gradxinput"
     max_new_tokens: int = Field(64, ge=1)
     attributes: str | None = "data/skinsynth/attributes.parquet"  # lesion geometry; None = none
     lesion_margin: float = Field(1.25, gt=0)       # disc radius / rendered main-lesion radius
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cell_px: int = Field(160, ge=48, le=512)       # side of one image cell in the PNG grid
+    # Two variants' maps "differ" when the mean total-variation distance between their maps of the same
+    # images exceeds this (0 = identical maps, 1 = disjoint support).
+    separation_threshold: float = Field(0.05, gt=0, lt=1)
 
 
 # ---- maps and numbers (pure, numpy) ----------------------------------------------------------------
@@ -344,3 +347,32 @@ def variant_summary(rows: list[dict]) -> dict:
 
     return {"n_images": len(rows), "mean_entropy": mean("entropy"), "mean_lesion_share": mean("lesion_share"),
             "mean_lesion_chance": mean("lesion_chance"), "mean_image_attention": mean("image_attention")}
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """Half the L1 distance between two maps normalised to sum 1: 0 identical, 1 disjoint."""
+    p, q = np.asarray(p, dtype=float).ravel(), np.asarray(q, dtype=float).ravel()
+    return float(0.5 * np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def map_separation(grids: dict[str, Sequence[np.ndarray]], threshold: float) -> dict:
+    """Whether the maps can show a difference between variants: per pair, the mean total-variation distance
+    between their maps of the same images; per variant, the mean distance from a uniform map. ``separates``
+    is true when some pair's distance exceeds ``threshold``; ``verdict`` says it in words for the figure."""
+    names = list(grids)
+    pairs = {f"{a} vs {b}": round(float(np.mean([total_variation(x, y) for x, y in zip(grids[a], grids[b])])), 6)
+             for i, a in enumerate(names) for b in names[i + 1:]}
+    from_uniform = {n: round(float(np.mean([total_variation(g, np.ones_like(g)) for g in grids[n]])), 6)
+                    for n in names}
+    widest = max(pairs.items(), key=lambda kv: kv[1]) if pairs else (None, 0.0)
+    separates = widest[1] > threshold
+    if not pairs:
+        verdict = "one variant only: nothing to compare"
+    elif separates:
+        verdict = f"the maps differ between variants (largest mean TV distance {widest[1]:.3f}, {widest[0]})"
+    else:
+        verdict = (f"these maps do not separate the variants: every pair's mean TV distance is at most "
+                   f"{widest[1]:.3f} (threshold {threshold}), and the maps are within "
+                   f"{max(from_uniform.values()):.3f} of uniform; the figure shows no difference between models")
+    return {"pairwise_tv": pairs, "tv_from_uniform": from_uniform, "threshold": threshold,
+            "separates": separates, "verdict": verdict}

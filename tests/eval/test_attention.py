@@ -111,8 +111,9 @@ def test_lesion_geometry_and_scores():
 def test_config_is_strict():
     from pydantic import ValidationError
 
-    assert AttentionConfig().method == "attention" and AttentionConfig().attributes.endswith("attributes.parquet")
-    for bad in ({"method": "rollout"}, {"n_images": 0}, {"lesion_margin": 0}, {"device": "tpu"}, {"typo": 1}):
+    assert AttentionConfig().method == "gradxinput" and AttentionConfig().attributes.endswith("attributes.parquet")
+    for bad in ({"method": "rollout"}, {"n_images": 0}, {"lesion_margin": 0}, {"device": "tpu"}, {"typo": 1},
+                {"separation_threshold": 0}):
         with pytest.raises(ValidationError):
             AttentionConfig(**bad)
 
@@ -231,3 +232,32 @@ def test_attention_stage_end_to_end(tiny_dir, tmp_path, monkeypatch):
         stage.main(["--only", "x=models/none"])
     with pytest.raises(SystemExit):
         stage.main(["not-a-pair"])
+
+
+def test_gradient_maps_separate_two_different_models_but_not_one_model_twice(tiny_dir):
+    """Why the stage defaults to gradxinput: on this micro model the decoder's attention over image tokens stays
+    within 0.003 TV of uniform even for a completely different vision tower, so it cannot show a difference
+    between models; gradient x input reaches the image through the whole model and does."""
+    from skinflow.eval.attention import map_separation
+    from skinflow.model.base import load_model
+
+    model, processor = load_model(tiny_dir)
+    other, _ = load_model(tiny_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a deliberately different model: another vision tower
+        for param in other.model.visual.parameters():
+            param.normal_(0.0, 0.5)
+    for m in (model, other):
+        use_eager_text_attention(m)
+        m.eval()
+    examples = [_example(seed, f"img{seed}") for seed in range(3)]
+
+    def grids(m):
+        return [explain_image(m, processor, ex, "gradxinput", max_new_tokens=4).grid for ex in examples]
+
+    first = grids(model)
+    apart = map_separation({"model": first, "other": grids(other)}, threshold=0.05)
+    assert apart["separates"] and apart["pairwise_tv"]["model vs other"] > 0.05, apart
+    same = map_separation({"model": first, "again": grids(model)}, threshold=0.05)
+    assert not same["separates"] and same["pairwise_tv"]["model vs again"] == 0.0
+    assert "do not separate" in same["verdict"]
