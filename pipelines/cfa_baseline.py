@@ -16,14 +16,14 @@ import torch
 from skinflow.baselines.cfa import (
     LOSS_TERMS, CFAConfig, cached_features, load_encoder, predict, save_head, train_head,
 )
-from skinflow.baselines.classification_metrics import classification_summary
+from skinflow.baselines.classification_metrics import classification_summary, reliability_table
 from skinflow.captions.parser import render_diagnoses
 from skinflow.data.manifest import image_paths
 from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.metrics import compute_metrics, confusion_matrix, metrics_markdown, per_group_table, write_confusion
 from skinflow.eval.predictions import map_predictions
 from skinflow.io import atomic_dir, write_csv, write_json, write_parquet, write_text
-from skinflow.timing import write_results
+from skinflow.timing import split_timing, write_results
 from skinflow.stage import show_progress, stage_config
 
 IN_MANIFEST = "data/manifest.parquet"
@@ -31,6 +31,7 @@ IN_TAXONOMY = "data/interim/taxonomy.csv"
 OUT_MODEL = "models/cfa"
 OUT_METRICS = "metrics/baselines/cfa.json"
 OUT_CURVE = "metrics/baselines/cfa_curve.csv"
+OUT_RELIABILITY = "metrics/baselines/cfa_reliability.csv"  # calibration plot: confidence vs accuracy per bin
 OUT_EVAL_METRICS = "metrics/eval/cfa.json"
 OUT_EVAL_DIR = "data/eval/cfa"
 VARIANT = "cfa"
@@ -96,11 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     with atomic_dir(OUT_MODEL) as tmp:
+        # Run facts (the feature-cache hit) stay out of the model directory, or its bytes would depend on the cache.
         save_head(tmp, head, text_embeddings, labels, cfg,
-                  {"encoder": report["encoder"], "best_epoch": summary["best_epoch"]})
+                  {"encoder": split_timing(report["encoder"])[0], "best_epoch": summary["best_epoch"]})
     write_results(OUT_METRICS, report)
     curve_columns = ["epoch", *LOSS_TERMS, *(c for c in history[0] if c.startswith("val_"))]
     write_csv(OUT_CURVE, pd.DataFrame(history, columns=curve_columns))
+    write_csv(OUT_RELIABILITY, pd.DataFrame(reliability_table(probs[scored], y[split["test"]].numpy()[scored],
+                                                              cfg.ece_bins)).round(6))
 
     # The VLM evaluation path: ranked lists as the JSON the parser reads, mapped and scored as-is.
     raw = pd.DataFrame({"image_id": test_rows["image_id"].astype(str).to_numpy(),

@@ -84,3 +84,23 @@ def test_a_second_clean_checkout_reproduces_every_output(repo_copy, tmp_path_fac
     hashes = output_hashes(first_lock)
     assert any(stage.startswith("stage2_rl@") for stage, _ in hashes) and len(hashes) > 50
     assert lock_differences(first_lock, second_lock) == []
+
+
+# Stages that read none of stage2_rl's params or outputs: a Stage II experiment must not re-run them.
+NOT_STAGE2 = ("synth", "ingest", "validate", "caption", "base_model", "warmup", "stage1_rl@", "s1_nodve@",
+              "cfa_baseline", "skinvl_baseline", "evaluate_single@", "evaluate@stage1-")
+
+
+@pytest.mark.slow
+def test_a_stage2_experiment_reruns_only_its_branch_and_exp_show_stays_readable(repo_copy):
+    """Last in the module: the experiment runs in the workspace of the shared checkout."""
+    import re
+
+    out = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "stage2_rl.temperature=0.9"], repo_copy).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert any(s.startswith("stage2_rl@") for s in ran), out[-3000:]
+    assert not [s for s in ran if s.startswith(NOT_STAGE2)], sorted(ran)
+    shown = _run([sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--csv"], repo_copy).stdout
+    header = shown.splitlines()[0].split(",")
+    # Experiment, rev, typ, Created, parent, State, Executor + the changed param + changed headline metrics.
+    assert "stage2_rl.temperature" in header and len(header) <= 60, header

@@ -79,26 +79,27 @@ def macro_auc_ovr(probs: Any, labels: Any) -> tuple[float | None, list[int]]:
     return (float(np.mean(scores)) if scores else None), skipped
 
 
-def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> float:
-    """Top-label ECE with ``n_bins`` equal-width confidence bins.
+def reliability_table(probs: Any, labels: Any, n_bins: int = 15) -> list[dict[str, float]]:
+    """Per non-empty confidence bin: its range, mean top-label confidence, accuracy and share of the images.
 
-    Bin ``b`` holds confidences in ``(b/n_bins, (b+1)/n_bins]`` (a confidence of exactly 0 goes to
-    the first bin). ECE = sum over non-empty bins of ``|bin| / n * |accuracy(bin) - mean
-    confidence(bin)|``.
-    """
+    Bin ``b`` holds confidences in ``(b/n_bins, (b+1)/n_bins]`` (a confidence of exactly 0 goes to the first
+    bin): the binning of Guo et al. (2017)'s reference code, edges from linspace, right-closed."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     probs, labels = _check(probs, labels)
     confidence = probs.max(axis=1)
     correct = predictions(probs) == labels
-    # Edges from linspace, right-closed bins: the binning of Guo et al. (2017)'s reference code.
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
-    for b in np.unique(bins):
-        members = bins == b
-        ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(ece)
+    return [{"bin_low": float(edges[b]), "bin_high": float(edges[b + 1]),
+             "confidence": float(confidence[bins == b].mean()), "accuracy": float(correct[bins == b].mean()),
+             "share": float((bins == b).mean())} for b in np.unique(bins)]
+
+
+def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """Top-label ECE: sum over the non-empty bins of :func:`reliability_table` of
+    ``|bin| / n * |accuracy(bin) - mean confidence(bin)|``."""
+    return float(sum(r["share"] * abs(r["accuracy"] - r["confidence"]) for r in reliability_table(probs, labels, n_bins)))
 
 
 def bootstrap_accuracy_ci(probs: Any, labels: Any, n_boot: int = 1000, seed: int = 0,

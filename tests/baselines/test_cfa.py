@@ -273,10 +273,17 @@ def test_stage_end_to_end_on_a_tiny_qwen_tower(tmp_path, monkeypatch):
     assert "train_seconds" not in report and "feature_cache_hit" not in report["encoder"]
     timing = json.loads(Path("metrics/timing/baselines/cfa.json").read_text())
     assert timing["train_seconds"] > 0 and not timing["encoder"]["feature_cache_hit"]
+    saved = json.loads(Path("models/cfa/config.json").read_text())
+    assert "feature_cache_hit" not in json.dumps(saved)         # the model's bytes may not depend on the cache
 
     curve = pd.read_csv("metrics/baselines/cfa_curve.csv")
     assert {"epoch", "focal", "align", "calib", "total", "val_nll"} <= set(curve.columns)
     assert len(curve) == report["epochs_run"]
+    reliability = pd.read_csv("metrics/baselines/cfa_reliability.csv")
+    assert list(reliability.columns) == ["bin_low", "bin_high", "confidence", "accuracy", "share"]
+    assert reliability["share"].sum() == pytest.approx(1.0) and (reliability["confidence"] <= reliability["bin_high"]).all()
+    ece = (reliability["share"] * (reliability["accuracy"] - reliability["confidence"]).abs()).sum()
+    assert ece == pytest.approx(report["ece"], abs=1e-5)     # the plot and the reported ECE are one binning
 
     clinical = json.loads(Path("metrics/eval/cfa.json").read_text())
     assert clinical["variant"] == "cfa" and clinical["model"] == "models/cfa"
