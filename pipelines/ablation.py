@@ -18,10 +18,11 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from skinflow.eval.equivalence import LabelSpace
-from skinflow.eval.metrics import effective_k
+from skinflow.eval.metrics import candidates, effective_k
 from skinflow.eval.paired import (
     AblationConfig, Evaluation, ablation_results, compact, evaluation, group_rows, headline, markdown, parse_ranked,
 )
@@ -99,9 +100,30 @@ def rl_gains(evaluations: list[Evaluation]) -> dict[str, list[float]]:
     return gains
 
 
-def write_plot_data(results: dict, evaluations: list[Evaluation]) -> None:
+def topk_curve(results: dict, evaluations: list[Evaluation], labels: set[str]) -> pd.DataFrame:
+    """Exact Top-k accuracy (percent) for k = 1..K, one column per row (pooled over its seeds: hits over the
+    truths in the taxonomy, summed over seeds), K the evaluation's top-k depth."""
+    k_max = results["k"] or 1
+    curve = {"k": list(range(1, k_max + 1))}
+    for variant in results["row_order"]:
+        hits, total = np.zeros(k_max), 0
+        for ev in (e for e in evaluations if e.variant == variant):
+            frame = pd.read_parquet(IN_EVAL / ev.name / "predictions.parquet")
+            for truth, ranked in zip(frame["label"], frame["ranked_labels"]):
+                if truth not in labels:
+                    continue
+                total += 1
+                listed = candidates(parse_ranked(ranked), k_max)
+                if truth in listed:
+                    hits[listed.index(truth):] += 1
+        curve[variant] = [round(100 * h / total, 2) if total else None for h in hits]
+    return pd.DataFrame(curve)
+
+
+def write_plot_data(results: dict, evaluations: list[Evaluation], labels: set[str]) -> None:
     """CSV tables for `dvc plots show`: one line per row with Top-1, Top-k and malignant-miss@1 (percent, mean over
-    seeds, pooled CI), and the actual-vs-first-answer pairs of the warm-up and SkinFlow (no answer: ``(none)``)."""
+    seeds, pooled CI), Top-k accuracy for every k, and the actual-vs-first-answer pairs of the warm-up and
+    SkinFlow (no answer: ``(none)``)."""
     heads = {"top1_exact": "top1", f"top{results['k']}_exact": "topk", "malignant_miss_at1": "miss1"}
 
     def pct(x: float | None) -> float | None:
@@ -113,6 +135,7 @@ def write_plot_data(results: dict, evaluations: list[Evaluation]) -> None:
              for v in results["row_order"]]
     with atomic_dir(OUT_PLOTS) as tmp:
         pd.DataFrame(table).to_csv(tmp / "ablation.csv", index=False)
+        topk_curve(results, evaluations, labels).to_csv(tmp / "topk.csv", index=False)
         for variant in CONFUSION_ROWS:
             seeds = sorted((ev.seed, ev.name) for ev in evaluations if ev.variant == variant)
             if not seeds:
@@ -129,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, _ = stage_config("ablation", AblationConfig, argv or [])
     taxonomy = (pd.read_csv(cfg.taxonomy, dtype=str, keep_default_na=False) if cfg.taxonomy
                 else pd.read_csv(IN_TAXONOMY))
-    evaluations = load_evaluations(LabelSpace(taxonomy))
+    space = LabelSpace(taxonomy)
+    evaluations = load_evaluations(space)
     if not evaluations:
         raise FileNotFoundError(f"no evaluations in {IN_METRICS}/*.json: run the evaluate stages first")
     results = ablation_results(group_rows(evaluations, cfg.common_images), cfg)
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(OUT_JSON, compact(results))
     write_json(OUT_FULL, results)
     write_json(OUT_HEADLINE, headline(results, rl_gains(evaluations)))
-    write_plot_data(results, evaluations)
+    write_plot_data(results, evaluations, set(space.labels))
     print(text)
     return results
 

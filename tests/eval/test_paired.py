@@ -283,6 +283,12 @@ def test_stage_writes_a_headline_sized_for_dvc_exp_show(tmp_path, monkeypatch, s
     confusion = pd.read_csv(tmp_path / "reports/plots/confusion-stage2.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == N_IMAGES
     assert (tmp_path / "reports/plots/confusion-warmup.csv").exists()
+    topk = pd.read_csv(tmp_path / "reports/plots/topk.csv")
+    assert list(topk.columns) == ["k", "warmup", "stage2", "cfa"] and topk["k"].tolist() == list(range(1, 7))
+    stage2 = results["rows"]["stage2"]["metrics"]
+    assert topk["stage2"].iloc[0] == round(100 * stage2["top1_exact"]["pooled"], 2)     # k = 1 is Top-1
+    assert topk["stage2"].iloc[-1] == round(100 * stage2["top6_exact"]["pooled"], 2)    # k = K is Top-K
+    assert topk["stage2"].is_monotonic_increasing
     leaves = [*(v for row in head["rows"].values() for v in row.values()), *head["stage2_vs_warmup"].values(),
               *head["rl_gain"].values()]
     assert len(leaves) == 3 * 3 + 9 + 1 and all(isinstance(v, (int, float)) for v in leaves)
