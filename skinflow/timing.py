@@ -18,9 +18,9 @@ import pandas as pd
 from skinflow.io import write_json
 
 TIMING_DIR = "metrics/timing"
-# seconds / *_s / per-second rates / runtimes / step times / MFU / cache hits and paths / host load: all vary
-# from run to run on the same inputs
-TIMING_KEY = re.compile(r"(seconds|_s$|per_second|runtime|step_time|^mfu$|_mfu$|reused|progress_file|cache_hit|loadavg)")
+# seconds / *_s / per-second rates / runtimes / step times / MFU / cache hits and paths / resumption after a kill /
+# host load: all vary from run to run on the same inputs
+TIMING_KEY = re.compile(r"(seconds|_s$|per_second|runtime|step_time|^mfu$|_mfu$|reused|resumed|progress_file|cache_hit|loadavg)")
 
 
 def is_timing(key: str) -> bool:

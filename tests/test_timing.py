@@ -11,7 +11,7 @@ from skinflow.timing import is_timing, split_timing, split_timing_columns, timin
 
 def test_run_facts_are_recognised_by_name():
     for key in ("seconds", "train_seconds", "wall_s", "tokens_per_second", "images_per_second", "train_runtime",
-                "step_time", "mfu", "reused_from_progress", "progress_file", "feature_cache_hit"):
+                "step_time", "mfu", "reused_from_progress", "progress_file", "feature_cache_hit", "resumed_from"):
         assert is_timing(key), key
     for key in ("steps", "max_new_tokens", "parse_rate", "train_examples", "seed", "loss", "reward", "mfu_like_x"):
         assert not is_timing(key), key
