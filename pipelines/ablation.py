@@ -67,11 +67,15 @@ def _check_stored(ev: Evaluation, data: dict, path: Path) -> None:
                              "taxonomy (ablation.taxonomy) or are the predictions stale?")
 
 
-def load_evaluations(space: LabelSpace) -> list[Evaluation]:
+def load_evaluations(space: LabelSpace) -> tuple[list[Evaluation], dict[str, str]]:
+    """The evaluations, and the rows not produced (variant -> why: e.g. Stage I without captions)."""
     k = effective_k(space.n_classes)
-    out = []
+    out, not_produced = [], {}
     for path in sorted(IN_METRICS.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("not_applicable"):
+            not_produced[row_key(path.stem, data)[0]] = data["not_applicable"]
+            continue
         predictions = IN_EVAL / path.stem / "predictions.parquet"
         if not predictions.exists():
             raise FileNotFoundError(f"{path} has no per-image predictions at {predictions}")
@@ -84,7 +88,7 @@ def load_evaluations(space: LabelSpace) -> list[Evaluation]:
                         pd.read_parquet(captions) if captions.exists() else None)
         _check_stored(ev, data, path)
         out.append(ev)
-    return out
+    return out, not_produced
 
 
 def rl_gains(evaluations: list[Evaluation]) -> dict[str, list[float]]:
@@ -153,10 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
     taxonomy = (pd.read_csv(cfg.taxonomy, dtype=str, keep_default_na=False) if cfg.taxonomy
                 else pd.read_csv(IN_TAXONOMY))
     space = LabelSpace(taxonomy)
-    evaluations = load_evaluations(space)
+    evaluations, not_produced = load_evaluations(space)
     if not evaluations:
         raise FileNotFoundError(f"no evaluations in {IN_METRICS}/*.json: run the evaluate stages first")
-    results = ablation_results(group_rows(evaluations, cfg.common_images), cfg)
+    results = ablation_results(group_rows(evaluations, cfg.common_images), cfg, not_produced)
     text = markdown(results)
     write_text(OUT_MD, text)
     write_json(OUT_JSON, compact(results))

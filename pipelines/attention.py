@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skinflow.not_applicable import not_applicable_reason
 from skinflow.captions.parser import parse_diagnoses
 from skinflow.eval.attention import (
     AGGREGATION, AttentionConfig, back_project, explain_variant, lesion_geometry, map_separation,
@@ -92,6 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
         if not Path(model_dir, "config.json").exists():
             missing.append({"variant": name, "model": model_dir})
             print(f"attention: {name}: no model at {model_dir}, skipped")
+            continue
+        reason = not_applicable_reason(model_dir)
+        if reason:  # a pass-through copy: its map would be its start model's, shown under another name
+            missing.append({"variant": name, "model": model_dir, "not_applicable": reason})
+            print(f"attention: {name}: not applicable ({reason}), skipped")
             continue
         style = model_prompt_style(model_dir)
         explanations = explain_variant(model_dir, diagnosis_examples(rows, labels, style), cfg)

@@ -22,11 +22,18 @@ OUT_METRICS = "metrics/captions.json"
 def render_markdown(report: dict) -> str:
     lines = [f"# Caption report — status: **{report['status'].upper()}**", "",
              f"Captioner `{report['captioner']}` ({report['captioner_version']}), schema "
-             f"`{report['schema_version']}`.", "",
-             f"Rows in **{report['rows_in']}** = captioned **{report['captioned']}** + quarantined "
-             f"**{report['quarantined']}**; parse rate {report['parse_rate']:.3f}.", "",
-             "| check | success | failing rows |", "|---|---|---|"]
+             f"`{report['schema_version']}`.", ""]
+    if report["parse_rate"] is None:
+        return "\n".join(lines + [f"Rows in **{report['rows_in']}**, none captioned: {report['reason']}."]) + "\n"
+    lines += [f"Rows in **{report['rows_in']}** = captioned **{report['captioned']}** + quarantined "
+              f"**{report['quarantined']}**; parse rate {report['parse_rate']:.3f}.", "",
+              "| check | success | failing rows |", "|---|---|---|"]
     lines += [f"| {e['name']} | {e['success']} | {e['failing_rows']} |" for e in report["expectations"]]
+    coverage = report.get("source_coverage", {}).get("fields")
+    if coverage:
+        lines += ["", "## What the caption source stated", "", "| field | stated | from defaults | missing |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {v['stated']} | {v['defaulted']} | {v['missing']} |" for k, v in coverage.items()]
     if "quality_vs_reference" in report:
         quality = report["quality_vs_reference"]
         lines += ["", "## Agreement with reference captions", "", "| field | score |", "|---|---|"]
@@ -42,7 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     write_results(OUT_REPORT, report)
     write_text(OUT_MARKDOWN, render_markdown(report))
     metrics = {"rows_in": report["rows_in"], "captioned": report["captioned"],
-               "quarantined": report["quarantined"], "parse_rate": report["parse_rate"]}
+               "quarantined": report["quarantined"]}
+    if report["parse_rate"] is not None:  # captioner none: no rate to report (DVC metrics take no nulls)
+        metrics["parse_rate"] = report["parse_rate"]
     if "quality_vs_reference" in report:
         metrics["field_macro_vs_reference"] = report["quality_vs_reference"]["macro"]
     write_json(OUT_METRICS, metrics)

@@ -9,6 +9,7 @@ import pandas as pd
 from skinflow.eval.evaluate import EvalConfig, evaluate_model
 from skinflow.eval.metrics import metrics_markdown, per_group_table, write_confusion
 from skinflow.io import write_csv, write_json, write_parquet, write_text
+from skinflow.not_applicable import MARKER, not_applicable_reason
 from skinflow.stage import params_parser, show_progress, stage_config
 
 IN_MANIFEST = "data/manifest.parquet"
@@ -23,9 +24,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0,
                         help="training seed of the evaluated model (recorded; the ablation pools over it)")
     cfg, args = stage_config("evaluate", EvalConfig, argv, parser)
+    out = f"data/eval/{args.variant}"
+    reason = not_applicable_reason(args.model)
+    if reason:  # a pass-through model (e.g. Stage I without captions): no row, and the ablation says why
+        metrics = {"variant": args.variant, "seed": args.seed, "model": args.model, "not_applicable": reason}
+        write_json(f"{out}/{MARKER}", {"reason": reason})
+        write_json(f"metrics/eval/{args.variant}.json", metrics)
+        print(f"{args.variant}: not applicable ({reason})")
+        return metrics
     result = evaluate_model(args.model, pd.read_parquet(IN_MANIFEST), pd.read_parquet(IN_CAPTIONS),
                             pd.read_csv(IN_TAXONOMY), cfg, progress=show_progress())
-    out = f"data/eval/{args.variant}"
     metrics = {**result["metrics"], "variant": args.variant, "seed": args.seed, "model": args.model}
     if result["caption_scores"] is not None:
         metrics["caption_vs_reference"] = result["caption_scores"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from skinflow.baselines.skinvl import SkinVLConfig, run_skinvl
+from skinflow.not_applicable import NO_CAPTIONS, pass_through
 from skinflow.timing import write_results
 from skinflow.stage import show_progress, stage_config
 
@@ -18,7 +19,14 @@ OUT_METRICS = "metrics/baselines/skinvl.json"
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, _ = stage_config("skinvl_baseline", SkinVLConfig, argv)
-    summary = run_skinvl(OUT_DIR, pd.read_parquet(IN_MANIFEST), pd.read_parquet(IN_CAPTIONS),
+    captions = pd.read_parquet(IN_CAPTIONS)
+    if captions.empty:  # SkinVL is tuned on image-description pairs: with no captions there is no recipe to run
+        reason = f"SkinVL trains on image-description pairs; {NO_CAPTIONS}"
+        summary = {"not_applicable": pass_through(cfg.start_model, OUT_DIR, reason)["not_applicable"]}
+        write_results(OUT_METRICS, summary)
+        print(f"skinvl: not applicable ({reason})")
+        return summary
+    summary = run_skinvl(OUT_DIR, pd.read_parquet(IN_MANIFEST), captions,
                          pd.read_csv(IN_TAXONOMY), cfg, progress=show_progress())
     write_results(OUT_METRICS, summary)
     for name in ("base", "skinvl"):

@@ -31,6 +31,9 @@ CAPTION_COLUMNS = {
 }
 
 
+NOT_APPLICABLE = "not_applicable"  # the report status when captioner.kind is none
+
+
 class CaptionStageConfig(Section):
     RUNTIME: ClassVar[frozenset[str]] = frozenset({"progress_dir"})  # under runtime.<section> in params.yaml
     captioner: CaptionerConfig = CaptionerConfig(kind="oracle")
@@ -61,6 +64,8 @@ def _load_progress(path: Path) -> dict[str, dict]:
 def run_captions(manifest: pd.DataFrame, cfg: CaptionStageConfig, progress: bool = False
                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Return (captions table, quarantine rows, report)."""
+    if cfg.captioner.kind == "none":
+        return no_captions(manifest)
     captioner = make_captioner(cfg.captioner)
     key = captioner_key(cfg, captioner.name, captioner.version)
     progress_file = Path(cfg.progress_dir) / f"{key}.jsonl"
@@ -116,6 +121,25 @@ def run_captions(manifest: pd.DataFrame, cfg: CaptionStageConfig, progress: bool
     report = check_captions(table, rows, quarantine, cfg, attributes)
     report.update({"captioner": captioner.name, "captioner_version": captioner.version,
                    "reused_from_progress": reused, "progress_file": str(progress_file)})
+    if hasattr(captioner, "report"):  # a captions table says which schema fields its source could fill
+        report["source_coverage"] = captioner.report()
+    return table, quarantine, report
+
+
+def no_captions(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``captioner.kind: none``: an empty captions table, nothing quarantined, every row passed on uncaptioned.
+
+    Stages that need captions (Stage I, caption metrics, SkinVL) read the report's status and say they are not
+    applicable; the warm-up then trains the diagnosis format only."""
+    rows = len(manifest)
+    table = conform(pd.DataFrame({c: pd.Series(dtype=t) for c, t in CAPTION_COLUMNS.items()}), CAPTION_COLUMNS)
+    quarantine = conform(pd.DataFrame({c: pd.Series(dtype=t) for c, t in QUARANTINE_COLUMNS.items()}),
+                         QUARANTINE_COLUMNS)
+    report = {"rows_in": rows, "captioned": 0, "quarantined": 0, "not_requested": rows,
+              "conservation_ok": True, "parse_rate": None, "quarantine_by_reason": {}, "captions_per_class": {},
+              "expectations": [], "schema_version": SCHEMA_VERSION, "status": NOT_APPLICABLE, "failures": [],
+              "captioner": "none", "captioner_version": "none",
+              "reason": "caption.captioner.kind is none: no captions were made"}
     return table, quarantine, report
 
 

@@ -1,4 +1,4 @@
-"""Source adapters: Fitzpatrick17k, HAM10000 / ISIC, and generic CSV or ImageFolder.
+"""Source adapters: Fitzpatrick17k, HAM10000 / ISIC, ISIC Archive exports, and generic CSV or ImageFolder.
 
 Each adapter turns its source table into manifest rows (see ``manifest.MANIFEST_COLUMNS``) without
 touching image bytes. Problems that make a row unreadable (unsafe path, malformed id) are recorded
@@ -189,6 +189,36 @@ def ham10000(csv: str | os.PathLike, image_root: str | os.PathLike, encoding: st
     return rows, notes
 
 
+def isic_archive(csv: str | os.PathLike, image_root: str | os.PathLike, encoding: str = "utf-8"):
+    """An ISIC Archive export: ``isic_id`` or ``image_id``, a ``diagnosis`` name (``melanoma``, ``nevus`` ...)
+    and optionally ``file`` (the image path under the root). Labels are the diagnosis names themselves, so
+    the taxonomy file (``skinflow/data/taxonomies/isic_archive.csv``) lists those names; an empty diagnosis
+    stays empty and validation quarantines the row as ``missing_label``."""
+    table, notes = read_table(csv, encoding)
+    if "isic_id" in table.columns and "image_id" not in table.columns:
+        table = table.rename(columns={"isic_id": "image_id"})
+        notes.append("column 'isic_id' read as 'image_id'")
+    table = require_columns(table, ("image_id", "diagnosis") + (("file",) if "file" in table else ()), csv, notes)
+    ids = table["image_id"]
+    names = _list_images(Path(image_root)) if "file" not in table else set()
+    by_id = ids.map(lambda i: next((i + s for s in IMAGE_SUFFIXES if i + s in names), i + ".jpg"))
+    safe = table["file"].map(safe_relpath) if "file" in table else by_id
+    rows = pd.DataFrame({
+        "image_id": ids,
+        "source": "isic_archive",
+        "source_row": range(len(table)),
+        "rel_path": safe.fillna(table.get("file", by_id)),
+        "label": table["diagnosis"].str.lower().replace("", pd.NA),
+        "fitzpatrick_scale": pd.Series([-1] * len(table), dtype="Int64"),
+        "fitzpatrick_centaur": pd.Series([-1] * len(table), dtype="Int64"),
+        "ingest_error": pd.Series([pd.NA] * len(table), dtype="string"),
+        "ingest_detail": pd.Series([pd.NA] * len(table), dtype="string"),
+    })
+    _mark(rows, ~ids.str.fullmatch(_SAFE_ID), Reason.BAD_ID, "unsafe image id: " + ids)
+    _mark(rows, safe.isna(), Reason.UNSAFE_PATH, "absolute or escaping file path: " + table.get("file", ids))
+    return rows, notes
+
+
 def generic(csv: str | os.PathLike | None, image_root: str | os.PathLike, encoding: str = "utf-8"):
     """A CSV with ``path,label`` (optional Fitzpatrick columns), or an ImageFolder ``root/<label>/<file>``
     when ``csv`` is null or names the image root itself (the form dvc.yaml can take as a dependency)."""
@@ -229,4 +259,5 @@ def generic(csv: str | os.PathLike | None, image_root: str | os.PathLike, encodi
     return rows, notes
 
 
-ADAPTERS = {"fitzpatrick17k": fitzpatrick17k, "ham10000": ham10000, "isic": ham10000, "generic": generic}
+ADAPTERS = {"fitzpatrick17k": fitzpatrick17k, "ham10000": ham10000, "isic": ham10000,
+            "isic_archive": isic_archive, "generic": generic}

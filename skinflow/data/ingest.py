@@ -29,7 +29,7 @@ LARGE_CLUSTER_ROWS = 50
 
 class IngestConfig(Section):
     RUNTIME: ClassVar[frozenset[str]] = frozenset({"workers"})  # under runtime.<section> in params.yaml
-    source: Literal["fitzpatrick17k", "ham10000", "isic", "generic"] = "fitzpatrick17k"
+    source: Literal["fitzpatrick17k", "ham10000", "isic", "isic_archive", "generic"] = "fitzpatrick17k"
     csv: str | None = "data/skinsynth/fitzpatrick17k.csv"
     image_root: str = "data/skinsynth/images"
     taxonomy: str = "data/skinsynth/taxonomy.csv"

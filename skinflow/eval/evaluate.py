@@ -111,7 +111,7 @@ def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFram
 
     caption_scores = caption_per_image = None
     if cfg.caption_images and captions is not None and len(captions):
-        subset = rows.head(cfg.caption_images)
+        subset = rows[rows["image_id"].isin(captions["image_id"])].head(cfg.caption_images)  # a table may cover a subset
         cap_examples = build_examples(subset, captions, taxonomy, [CAPTION_TASK], style)
         cap_texts = _generate_resumable(model_dir, cap_examples, cfg, cfg.caption_max_new_tokens,
                                         "caption", progress)

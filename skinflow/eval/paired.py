@@ -343,8 +343,11 @@ def paired_difference(a: Row, b: Row, n_boot: int, seed: int, ci: float) -> dict
 # ---- the whole ablation -------------------------------------------------------------------------
 
 
-def ablation_results(rows: Mapping[str, Row], cfg: AblationConfig) -> dict[str, Any]:
-    """Row summaries and every configured comparison (missing rows -> status "not run")."""
+def ablation_results(rows: Mapping[str, Row], cfg: AblationConfig,
+                     not_produced: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Row summaries and every configured comparison (missing rows -> status "not run", or "not applicable" with
+    the reason when the row's stage could not apply to this configuration, e.g. Stage I without captions)."""
+    not_produced = dict(sorted((not_produced or {}).items()))
     order = ordered_variants(list(rows))
     first = rows[order[0]] if order else None
     comparisons = []
@@ -352,7 +355,7 @@ def ablation_results(rows: Mapping[str, Row], cfg: AblationConfig) -> dict[str, 
         entry: dict[str, Any] = {"name": f"{a}_vs_{b}", "a": a, "b": b, "label": label[0] if label else f"{a} vs {b}"}
         missing = [v for v in (a, b) if v not in rows]
         if missing:
-            entry.update(status="not run", missing=missing)
+            entry.update(status="not applicable" if set(missing) <= set(not_produced) else "not run", missing=missing)
         else:
             entry.update(status="ok", seeds={"a": list(rows[a].seeds), "b": list(rows[b].seeds)},
                          metrics=paired_difference(rows[a], rows[b], cfg.n_boot, cfg.seed, cfg.ci))
@@ -361,6 +364,7 @@ def ablation_results(rows: Mapping[str, Row], cfg: AblationConfig) -> dict[str, 
         "rows": {v: summarise_row(rows[v], cfg.n_boot, cfg.seed, cfg.ci) for v in order},
         "row_order": order,
         "comparisons": comparisons,
+        **({"not_produced": not_produced} if not_produced else {}),
         "metrics": list(first.metrics) if first else [],
         "k": _k(first.metrics) if first else None,
         "n_images": first.n_images if first else 0,
@@ -394,7 +398,8 @@ def compact(results: dict[str, Any]) -> dict[str, Any]:
               for c in results["comparisons"]}
     # row_order: the JSON's keys get sorted, the report keeps the paper's order.
     return {"rows": rows, "row_order": results["row_order"], "paired": paired, "n_boot": results["bootstrap"]["n_boot"],
-            "ci": results["bootstrap"]["ci"]}
+            "ci": results["bootstrap"]["ci"], **({"not_produced": results["not_produced"]}
+                                                 if results.get("not_produced") else {})}
 
 
 def headline(results: dict[str, Any], rl_gains: Mapping[str, Sequence[float]] | None = None,
@@ -459,7 +464,7 @@ def markdown(results: dict[str, Any]) -> str:
     not_run = []
     for c in results["comparisons"]:
         if c["status"] != "ok":
-            not_run.append(f"- {c['label']} ({c['a']} − {c['b']}): not run (missing {', '.join(c['missing'])})")
+            not_run.append(f"- {c['label']} ({c['a']} − {c['b']}): {c['status']} (missing {', '.join(c['missing'])})")
             continue
         for m in metrics:
             d = c["metrics"][m]
@@ -469,6 +474,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"| {_seed_cell(d['seed_paired'])} |")
     if not_run:
         lines += ["", "Comparisons not run:", "", *not_run]
+    if results.get("not_produced"):
+        lines += ["", "## Rows not produced", "", *(f"- {v}: {why}" for v, why in results["not_produced"].items())]
     lines += ["", "## How to read this", "",
               "- Rows: mean ± sd over training seeds (sd with ≥ 2 seeds), then the seed-pooled "
               f"{level} CI: each image's indicator is averaged over the row's seeds and images are "

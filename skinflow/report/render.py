@@ -294,12 +294,14 @@ def ablation_section(inputs: ReportInputs) -> DocSection:
         body = [[name, *(_diff_cell(diffs.get(m)) for m in metrics)] for name, diffs in paired.items()]
         section.parts.append(Table(["A vs B", *metrics], body,
                                    f"Paired differences A − B [95% CI], * = CI excludes 0 ({ablation.path})"))
+    for variant, why in (ablation.data.get("not_produced") or {}).items():
+        section.parts.append(Para(f"Row {variant} not produced: {why}."))
     return section
 
 
 def _diff_cell(diff: Any) -> str:
-    if not isinstance(diff, dict):  # a comparison whose rows were not evaluated: {"status": "not run"}
-        return "not run"
+    if not isinstance(diff, dict) or "status" in diff:  # rows not evaluated: {"status": "not run" | "not applicable"}
+        return diff.get("status", "not run") if isinstance(diff, dict) else "not run"
     return ci({**diff, "value": diff.get("diff")}) + (" *" if diff.get("effect") else "")
 
 
@@ -309,6 +311,9 @@ def baselines_section(inputs: ReportInputs) -> DocSection:
     if not baselines:
         section.parts.append(Para(f"metrics/baselines/*.json: {NOT_PRODUCED}"))
     for a in baselines:
+        if a.data.get("not_applicable"):
+            section.parts.append(Para(f"{a.name.split('/', 1)[1]} not produced: {a.data['not_applicable']}."))
+            continue
         rows = [(k, v) for k, v in flatten(a.data) if not isinstance(v, (list, dict)) or is_ci_cell(v)]
         section.parts.append(Table(["item", "value"], [[k, ci(v) if is_ci_cell(v) else fmt(v)] for k, v in rows[:80]],
                                    f"{a.name.split('/', 1)[1]} ({a.path})" + (" — first 80 items" if len(rows) > 80 else "")))
@@ -339,8 +344,9 @@ def attention_section(inputs: ReportInputs) -> DocSection:
         f"Per-variant means ({summary.path})"))
     missing = s.get("missing_variants") or []
     if missing:
-        section.parts.append(Para("Variants without a model directory: "
-                                  + ", ".join(f"{m.get('variant')} ({m.get('model')})" for m in missing) + "."))
+        section.parts.append(Para("Variants not shown: " + ", ".join(
+            f"{m.get('variant')} ({m.get('model')}: {m.get('not_applicable') or 'no model directory'})"
+            for m in missing) + "."))
     return section
 
 

@@ -139,6 +139,12 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
         with atomic_dir(out_dir) as tmp:
             shutil.copytree(in_dir, tmp, dirs_exist_ok=True)
         return {"enabled": False, "history": []}
+    from skinflow.not_applicable import NO_CAPTIONS, pass_through, upstream_reason
+
+    reason = upstream_reason(in_dir) or (f"Stage I needs reference captions; {NO_CAPTIONS}"
+                                         if stage == "stage1" and captions.empty else None)
+    if reason:
+        return pass_through(in_dir, out_dir, reason)
 
     from trl import GRPOConfig, GRPOTrainer
 
@@ -150,6 +156,8 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
 
     task = CAPTION_TASK if stage == "stage1" else DIAGNOSIS_TASK
     train = manifest[manifest["split"] == "train"].sort_values("image_id")
+    if task == CAPTION_TASK:  # captions may cover a subset (a captions table): prompt only images that have one
+        train = train[train["image_id"].isin(captions["image_id"])]
     if cfg.train_limit:
         train = train.head(cfg.train_limit)
     examples = build_examples(train, captions, taxonomy, [task], model_prompt_style(in_dir))

@@ -354,3 +354,14 @@ def test_evaluate_stores_seed_and_ranked_lists_as_json(tmp_path, monkeypatch, sp
     assert stored["ranked_labels"].tolist() == ['["acne", null]', "[]"]
     assert [parse_ranked(v) for v in stored["ranked_labels"]] == [["acne", None], []]
     assert json.loads(stored["ranked_raw"][0]) == ["acne", "blue widget"]
+
+
+def test_rows_that_could_not_apply_are_listed_with_their_reason(space):
+    rows = rows_for(space, {"stage2_only": (0.5, [0]), "warmup": (0.4, [0])})
+    why = {"stage2": "starts from models/stage1-s0, which is not applicable (no captions)"}
+    results = ablation_results(rows, AblationConfig(n_boot=100), not_produced=why)
+    status = {c["name"]: c["status"] for c in results["comparisons"]}
+    assert status["stage2_vs_warmup"] == "not applicable" and status["stage2_only_vs_warmup"] == "ok"
+    assert status["cfa_vs_stage2"] == "not run"  # cfa is simply absent, not explained
+    assert compact(results)["not_produced"] == why
+    assert "## Rows not produced" in markdown(results) and why["stage2"] in markdown(results)
