@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinflow.not_applicable import not_applicable_reason
 from skinflow.captions.parser import parse_diagnoses
 from skinflow.eval.attention import (
     AGGREGATION, AttentionConfig, back_project, explain_variant, lesion_geometry, map_separation,
@@ -26,8 +25,9 @@ from skinflow.eval.attention import (
 )
 from skinflow.eval.evaluate import diagnosis_examples
 from skinflow.io import write_bytes, write_json
-from skinflow.model.examples import load_rgb
+from skinflow.model.examples import load_rgb, model_max_pixels
 from skinflow.model.prompts import model_prompt_style
+from skinflow.not_applicable import not_applicable_reason
 from skinflow.data.manifest import image_paths
 from skinflow.report.figures import GridCell, GridRow, attention_grid_png
 from skinflow.stage import params_parser, stage_config
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"attention: {name}: not applicable ({reason}), skipped")
             continue
         style = model_prompt_style(model_dir)
-        explanations = explain_variant(model_dir, diagnosis_examples(rows, labels, style), cfg)
+        explanations = explain_variant(model_dir, diagnosis_examples(rows, labels, style, model_max_pixels(model_dir)), cfg)
         cells = [score_explanation(e, images[e.image_id].size, geometry.get(e.image_id), cfg.lesion_margin)
                  for e in explanations]
         results[name] = {"model": model_dir, **variant_summary(cells), "images": cells}

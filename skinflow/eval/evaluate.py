@@ -28,7 +28,7 @@ from skinflow.eval.metrics import compute_metrics, confusion_matrix
 from skinflow.eval.predictions import map_predictions
 from skinflow.io import md5_file
 from skinflow.data.manifest import image_paths
-from skinflow.model.examples import build_examples, load_rgb
+from skinflow.model.examples import build_examples, load_rgb, model_max_pixels
 from skinflow.model.generation import generate_texts
 from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, PromptStyle, messages, model_prompt_style
 
@@ -83,11 +83,12 @@ def _generate_resumable(model_dir: str, examples: list[dict], cfg: EvalConfig, m
     return [done[ex["image_id"]] for ex in examples]
 
 
-def diagnosis_examples(rows: pd.DataFrame, labels: list[str], style: PromptStyle) -> list[dict]:
+def diagnosis_examples(rows: pd.DataFrame, labels: list[str], style: PromptStyle,
+                       max_pixels: int | None = None) -> list[dict]:
     """Image + diagnosis prompt per row. Unlike training examples these need no target, so a truth
     outside the taxonomy (or a missing one) is still evaluated, as a miss."""
     prompt = messages(DIAGNOSIS_TASK, labels, style)
-    return [{"images": [load_rgb(path)], "prompt": prompt, "image_id": image_id}
+    return [{"images": [load_rgb(path, max_pixels)], "prompt": prompt, "image_id": image_id}
             for image_id, path in zip(rows["image_id"], image_paths(rows))]
 
 
@@ -101,7 +102,7 @@ def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFram
     if cfg.taxonomy:
         taxonomy = pd.read_csv(cfg.taxonomy, dtype=str, keep_default_na=False)
     space = LabelSpace(taxonomy)
-    examples = diagnosis_examples(rows, list(space.labels), style)
+    examples = diagnosis_examples(rows, list(space.labels), style, model_max_pixels(model_dir))
     texts = _generate_resumable(model_dir, examples, cfg, cfg.max_new_tokens, "diagnosis", progress)
     raw = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "label": rows["label"].to_numpy(),
                         "fitzpatrick_scale": rows["fitzpatrick_scale"].fillna(-1).astype(int).to_numpy(),
@@ -112,7 +113,7 @@ def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFram
     caption_scores = caption_per_image = None
     if cfg.caption_images and captions is not None and len(captions):
         subset = rows[rows["image_id"].isin(captions["image_id"])].head(cfg.caption_images)  # a table may cover a subset
-        cap_examples = build_examples(subset, captions, taxonomy, [CAPTION_TASK], style)
+        cap_examples = build_examples(subset, captions, taxonomy, [CAPTION_TASK], style, model_max_pixels(model_dir))
         cap_texts = _generate_resumable(model_dir, cap_examples, cfg, cfg.caption_max_new_tokens,
                                         "caption", progress)
         parsed = [parse_caption(t) for t in cap_texts]

@@ -8,7 +8,10 @@ nine-partition group, then the same three-partition group, then the rest.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
@@ -33,19 +36,46 @@ def differential(label: str, taxonomy: pd.DataFrame, key: str, k: int = MAX_DIAG
     return [label] + others[: k - 1]
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+# Decoded images keep at most this many times the model's pixel budget (2x per side); the processor does the final
+# resize. A 1022 x 767 dermoscopic JPEG was otherwise carried at full size into the datasets table (PNG-encoded
+# there: 60 of 89 s of a 40-step warm-up) and resized again at every step. SkinSynth's 128 px images are untouched.
+LOAD_MARGIN = 4
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """The image as RGB; with ``max_pixels`` (the model's budget) larger images are shrunk once, aspect kept."""
     with Image.open(path) as img:
-        return img.convert("RGB")
+        image = img.convert("RGB")
+    area = image.width * image.height
+    if max_pixels and area > LOAD_MARGIN * max_pixels:
+        scale = math.sqrt(LOAD_MARGIN * max_pixels / area)
+        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    return image
+
+
+def model_max_pixels(model_dir: str | os.PathLike) -> int | None:
+    """The pixel budget of a model directory's image processor (``max_pixels`` or ``size.longest_edge``)."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(model_dir, name)
+        if path.exists():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            config = config.get("image_processor", config)
+            value = config.get("max_pixels") or (config.get("size") or {}).get("longest_edge")
+            if value:
+                return int(value)
+    return None
 
 
 def build_examples(rows: pd.DataFrame, captions: pd.DataFrame | None, taxonomy: pd.DataFrame,
-                   tasks: Sequence[str], style: PromptStyle = "full") -> list[dict]:
-    """One example per (row, task): ``images``, ``prompt`` (messages), ``target``, plus metadata columns."""
+                   tasks: Sequence[str], style: PromptStyle = "full", max_pixels: int | None = None) -> list[dict]:
+    """One example per (row, task): ``images``, ``prompt`` (messages), ``target``, plus metadata columns.
+    ``max_pixels``: the model's pixel budget (:func:`model_max_pixels`), so large images are shrunk once."""
     labels = sorted(taxonomy["label"])
     caption_by_id = {} if captions is None else dict(zip(captions["image_id"], captions["caption_json"]))
     examples = []
     for row, path in zip(rows.itertuples(), image_paths(rows)):
-        image = load_rgb(path)
+        image = load_rgb(path, max_pixels)
         for task in tasks:
             if task == CAPTION_TASK:
                 target = caption_by_id.get(row.image_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from skinflow.captions.parser import parse_caption, parse_diagnoses
-from skinflow.model.examples import TASKS, build_examples
+from skinflow.model.examples import TASKS, build_examples, model_max_pixels
 from skinflow.model.generation import generate_texts
 from skinflow.model.prompts import CAPTION_TASK, model_prompt_style
 
@@ -15,7 +15,8 @@ def format_check(model_dir: str, manifest: pd.DataFrame, taxonomy: pd.DataFrame,
     from skinflow.model.base import load_model
 
     test = manifest[manifest["split"] == "test"].sort_values("image_id").head(n_images)
-    examples = build_examples(test, None, taxonomy, TASKS, model_prompt_style(model_dir))
+    examples = build_examples(test, None, taxonomy, TASKS, model_prompt_style(model_dir),
+                              max_pixels=model_max_pixels(model_dir))
     model, processor = load_model(model_dir)
     texts = generate_texts(model, processor, examples, max_new_tokens)
     result: dict = {"images": len(test)}

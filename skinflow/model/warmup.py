@@ -22,7 +22,7 @@ from pydantic import Field
 
 from skinflow.config import Section
 from skinflow.io import atomic_dir
-from skinflow.model.examples import TASKS, build_examples
+from skinflow.model.examples import TASKS, build_examples, model_max_pixels
 from skinflow.model.prompts import CAPTION_TASK, model_prompt_style, write_model_meta
 
 
@@ -175,7 +175,7 @@ def run_warmup(base_dir: str, out_dir: str, manifest: pd.DataFrame, captions: pd
     if cfg.train_limit:
         train = train.head(cfg.train_limit)
     style = model_prompt_style(base_dir)
-    examples = build_examples(train, captions, taxonomy, TASKS, style)
+    examples = build_examples(train, captions, taxonomy, TASKS, style, max_pixels=model_max_pixels(base_dir))
     model, processor = load_model(base_dir)
     started = time.perf_counter()
     pre = _pretrain_vision(model, processor, examples, cfg) if cfg.vision_pretrain_steps else {"loss": []}

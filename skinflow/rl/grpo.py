@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from skinflow.config import Section
 from skinflow.io import atomic_dir
-from skinflow.model.examples import build_examples
+from skinflow.model.examples import build_examples, model_max_pixels
 from skinflow.model.fdlinear import DVEConfig
 from skinflow.model.policy import LoraSettings
 from skinflow.model.prompts import CAPTION_TASK, DIAGNOSIS_TASK, model_prompt_style
@@ -160,7 +160,8 @@ def run_grpo(stage: Literal["stage1", "stage2"], in_dir: str, out_dir: str, mani
         train = train[train["image_id"].isin(captions["image_id"])]
     if cfg.train_limit:
         train = train.head(cfg.train_limit)
-    examples = build_examples(train, captions, taxonomy, [task], model_prompt_style(in_dir))
+    examples = build_examples(train, captions, taxonomy, [task], model_prompt_style(in_dir),
+                              max_pixels=model_max_pixels(in_dir))
     labels = sorted(taxonomy["label"])
     if stage == "stage1":
         reward_funcs = make_stage1_reward_funcs(cfg.reward, labels)
