@@ -71,7 +71,7 @@ class CFAConfig(Section):
     """params.yaml section ``cfa_baseline``."""
     RUNTIME: ClassVar[frozenset[str]] = frozenset({"cache_dir", "threads", "train_threads"})  # see params runtime
 
-    vision_from: str | None = "models/base"      # a local Qwen2.5-VL model dir (vision tower used)
+    vision_from: str | None = "models/warmup"    # a local Qwen2.5-VL model dir (vision tower used)
     clip_dir: str | None = None                  # or a local CLIP model dir; set vision_from: null
     pooling: Literal["mean", "max", "mean_max", "cls"] = "mean_max"  # cls: CLIP only
     text_template: str = "{label}"               # class name -> text fed to the text side
@@ -388,6 +388,46 @@ def _train(train_features, train_labels, text_embeddings, cfg: CFAConfig, val_fe
                "best_epoch": best_epoch, "alpha": alpha.tolist(), "train_class_counts": counts.tolist(),
                "final_losses": {k: history[best_epoch - 1][k] for k in LOSS_TERMS}}
     return head, history, summary
+
+
+# The loss-term ablation: each term left out, and the focal term alone (weights replaced, everything else kept).
+LOSS_VARIANTS = {
+    "all": {},
+    "no_focal": {"focal_weight": 0.0},
+    "no_align": {"align_weight": 0.0},
+    "no_calib": {"calib_weight": 0.0},
+    "focal_only": {"align_weight": 0.0, "calib_weight": 0.0},
+}
+
+
+def loss_term_ablation(train_features: torch.Tensor, train_labels: torch.Tensor, text_embeddings: torch.Tensor,
+                       cfg: CFAConfig, val_features: torch.Tensor, val_labels: torch.Tensor,
+                       labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Train one head per ``LOSS_VARIANTS`` entry (same seed, same early stopping) and score it on the validation
+    split: accuracy, NLL and ECE (``cfg.ece_bins`` bins, the binning of the reported ECE). A variant whose weights
+    are all zero is skipped (nothing to train)."""
+    from skinflow.baselines.classification_metrics import expected_calibration_error
+
+    rows = []
+    if not len(val_labels):
+        return rows
+    for name, change in LOSS_VARIANTS.items():
+        variant = cfg.model_copy(update=change)
+        if not (variant.focal_weight or variant.align_weight or variant.calib_weight):
+            continue
+        head, _, summary = train_head(train_features, train_labels, text_embeddings, variant, val_features,
+                                      val_labels)
+        probs, _ = predict(head, val_features, text_embeddings, labels)
+        truth = val_labels.numpy()
+        rows.append({
+            "variant": name, "focal_weight": variant.focal_weight, "align_weight": variant.align_weight,
+            "calib_weight": variant.calib_weight, "val_n": int(len(truth)),
+            "val_accuracy": round(float((probs.argmax(1) == truth).mean()), 6),
+            "val_nll": round(float(-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, None)).mean()), 6),
+            "val_ece": round(float(expected_calibration_error(probs, truth, cfg.ece_bins)), 6),
+            "best_epoch": summary["best_epoch"],
+        })
+    return rows
 
 
 @torch.no_grad()

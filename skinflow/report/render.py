@@ -310,11 +310,22 @@ def baselines_section(inputs: ReportInputs) -> DocSection:
     section = DocSection("baselines", "Baselines", baselines)
     if not baselines:
         section.parts.append(Para(f"metrics/baselines/*.json: {NOT_PRODUCED}"))
+    loss_terms = [row for a in baselines for row in a.data.get("loss_term_ablation_val") or []]
+    if loss_terms:  # pooled over the CFA seeds: mean (min-max) per loss variant, validation split only
+        frame = pd.DataFrame(loss_terms)
+        cell = lambda v: f"{v.mean():.3f} ({v.min():.3f}-{v.max():.3f})"  # noqa: E731
+        body = [[name, fmt(g["focal_weight"].iloc[0]), fmt(g["align_weight"].iloc[0]), fmt(g["calib_weight"].iloc[0]),
+                 fmt(len(g)), cell(g["val_accuracy"]), cell(g["val_nll"]), cell(g["val_ece"])]
+                for name, g in frame.groupby("variant", sort=False)]
+        section.parts.append(Table(["CFA loss terms", "focal", "align", "calib", "seeds", "val accuracy", "val NLL",
+                                    "val ECE"], body, "CFA loss-term ablation on the validation split, mean "
+                                   "(min-max) over seeds; the test split scores only the configured weights"))
     for a in baselines:
         if a.data.get("not_applicable"):
             section.parts.append(Para(f"{a.name.split('/', 1)[1]} not produced: {a.data['not_applicable']}."))
             continue
-        rows = [(k, v) for k, v in flatten(a.data) if not isinstance(v, (list, dict)) or is_ci_cell(v)]
+        rows = [(k, v) for k, v in flatten({k: v for k, v in a.data.items() if k != "loss_term_ablation_val"})
+                if not isinstance(v, (list, dict)) or is_ci_cell(v)]
         section.parts.append(Table(["item", "value"], [[k, ci(v) if is_ci_cell(v) else fmt(v)] for k, v in rows[:80]],
                                    f"{a.name.split('/', 1)[1]} ({a.path})" + (" — first 80 items" if len(rows) > 80 else "")))
     return section

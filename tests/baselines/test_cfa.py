@@ -264,29 +264,35 @@ def test_stage_end_to_end_on_a_tiny_qwen_tower(tmp_path, monkeypatch):
 
     result = main(["--params", str(params)])
 
-    report = json.loads(Path("metrics/baselines/cfa.json").read_text())
+    report = json.loads(Path("metrics/baselines/cfa-s0.json").read_text())
     assert report["n"] == 18 and report["n_train"] == 36 and report["n_val"] == 12
     assert report["accuracy"] >= 0.8                          # chance is 1/3
     assert 0 <= report["ece"] <= 1 and report["macro_auc_ovr"] > 0.8
     assert set(report["final_losses"]) == {"focal", "align", "calib", "total"}
+    # the loss-term ablation: every variant scored on the validation split, the full loss as the run itself
+    ablation = {row["variant"]: row for row in report["loss_term_ablation_val"]}
+    assert list(ablation) == ["all", "no_focal", "no_align", "no_calib", "focal_only"]
+    assert all(row["val_n"] == 12 and 0 <= row["val_ece"] <= 1 for row in ablation.values())
+    assert ablation["focal_only"]["align_weight"] == ablation["focal_only"]["calib_weight"] == 0.0
+    assert ablation["all"]["best_epoch"] == report["best_epoch"]   # same seed, same data: the reported head
     # run facts live apart from the hashed results (skinflow.timing)
     assert "train_seconds" not in report and "feature_cache_hit" not in report["encoder"]
-    timing = json.loads(Path("metrics/timing/baselines/cfa.json").read_text())
+    timing = json.loads(Path("metrics/timing/baselines/cfa-s0.json").read_text())
     assert timing["train_seconds"] > 0 and not timing["encoder"]["feature_cache_hit"]
-    saved = json.loads(Path("models/cfa/config.json").read_text())
+    saved = json.loads(Path("models/cfa-s0/config.json").read_text())
     assert "feature_cache_hit" not in json.dumps(saved)         # the model's bytes may not depend on the cache
 
-    curve = pd.read_csv("metrics/baselines/cfa_curve.csv")
+    curve = pd.read_csv("metrics/baselines/cfa-s0_curve.csv")
     assert {"epoch", "focal", "align", "calib", "total", "val_nll"} <= set(curve.columns)
     assert len(curve) == report["epochs_run"]
-    reliability = pd.read_csv("metrics/baselines/cfa_reliability.csv")
+    reliability = pd.read_csv("metrics/baselines/cfa-s0_reliability.csv")
     assert list(reliability.columns) == ["bin_low", "bin_high", "confidence", "accuracy", "share"]
     assert reliability["share"].sum() == pytest.approx(1.0) and (reliability["confidence"] <= reliability["bin_high"]).all()
     ece = (reliability["share"] * (reliability["accuracy"] - reliability["confidence"]).abs()).sum()
     assert ece == pytest.approx(report["ece"], abs=1e-5)     # the plot and the reported ECE are one binning
 
-    clinical = json.loads(Path("metrics/eval/cfa.json").read_text())
-    assert clinical["variant"] == "cfa" and clinical["model"] == "models/cfa"
+    clinical = json.loads(Path("metrics/eval/cfa-s0.json").read_text())
+    assert clinical["variant"] == "cfa-s0" and clinical["seed"] == 0 and clinical["model"] == "models/cfa-s0"
     # Three classes: the evaluation's top-k depth is min(6, classes) = 3.
     assert clinical["n_images"] == 18 and clinical["n_classes"] == 3 and clinical["k"] == 3
     overall = clinical["overall"]
@@ -296,10 +302,10 @@ def test_stage_end_to_end_on_a_tiny_qwen_tower(tmp_path, monkeypatch):
     assert overall["top3_exact"]["value"] == 1.0              # every list names all three classes
     assert result["eval"]["overall"] == overall
 
-    assert sorted(p.name for p in Path("models/cfa").iterdir()) == ["config.json", "head.safetensors"]
-    head, texts, labels = load_head("models/cfa")
+    assert sorted(p.name for p in Path("models/cfa-s0").iterdir()) == ["config.json", "head.safetensors"]
+    head, texts, labels = load_head("models/cfa-s0")
     assert labels == sorted(TAXONOMY["label"])
-    predictions = pd.read_parquet("data/eval/cfa/predictions.parquet")
+    predictions = pd.read_parquet("data/eval/cfa-s0/predictions.parquet")
     stored = np.stack(predictions["probabilities"].to_numpy())
     assert stored.shape == (18, 3) and np.allclose(stored.sum(1), 1, atol=1e-5)
     # The saved head alone (no pickle, no training state) reproduces the stored probabilities.
