@@ -1,7 +1,8 @@
 """Captioners: turn images (and, for the oracle, ground-truth attributes) into schema captions.
 
 All captioners share one interface and one outcome type, so the captioning stage can swap the
-SkinSynth oracle, a local HF VLM and an OpenAI-compatible server through ``params.yaml`` alone.
+SkinSynth oracle, a local HF VLM, an OpenAI-compatible server and a captions table
+(``table_captions.py``) through ``params.yaml`` alone.
 Per-image problems become ``failed`` outcomes with an error code (never exceptions), so one bad
 image cannot kill a long run; configuration problems (missing API key) do raise.
 
@@ -30,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Protocol, runtime_checkable
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from skinflow.captions.parser import parse_caption, render_caption
 from skinflow.captions.schema import SUMMARY_MAX_CHARS, Caption
@@ -54,6 +55,9 @@ class FailureCode(str, enum.Enum):
     SERVER_ERROR = "SERVER_ERROR"  # HTTP 5xx
     HTTP_ERROR = "HTTP_ERROR"  # other non-2xx: not retried
     BAD_RESPONSE = "BAD_RESPONSE"  # 2xx whose body is not a chat completion
+    NOT_IN_TABLE = "NOT_IN_TABLE"  # table: no row for the image id
+    EMPTY_TEXT = "EMPTY_TEXT"  # table: the row's caption is blank
+    MISSING_FIELDS = "MISSING_FIELDS"  # table: required fields neither stated by the text nor defaulted
 
     def __str__(self) -> str:
         return self.value
@@ -423,14 +427,31 @@ class OpenAICompatibleSettings(Section):
     seed: int = 0
 
 
+class TableSettings(Section):
+    path: str = Field(min_length=1)  # .csv with a header, or .jsonl
+    id_column: str = Field("image_id", min_length=1)
+    text_column: str = Field("caption", min_length=1)
+    # Fields the texts do not state; an assumption about the dataset, reported as "defaulted" per field.
+    defaults: dict[str, str | list[str]] = {"body_site": "unknown", "fitzpatrick_type": "unknown"}
+
+    @field_validator("defaults")
+    @classmethod
+    def _vocabulary_terms(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        from skinflow.captions.table_captions import check_defaults  # lazy: that module imports this one
+
+        check_defaults(value)
+        return value
+
+
 class CaptionerConfig(Section):
-    kind: Literal["oracle", "local-vlm", "openai-compatible"]
+    kind: Literal["oracle", "local-vlm", "openai-compatible", "table", "none"]
     local_vlm: LocalVLMSettings | None = None
     openai_compatible: OpenAICompatibleSettings | None = None
+    table: TableSettings | None = None
 
     @model_validator(mode="after")
     def _settings_for_kind(self) -> CaptionerConfig:
-        needed = {"local-vlm": "local_vlm", "openai-compatible": "openai_compatible"}.get(self.kind)
+        needed = {"local-vlm": "local_vlm", "openai-compatible": "openai_compatible", "table": "table"}.get(self.kind)
         if needed and getattr(self, needed) is None:
             raise ValueError(f"kind={self.kind!r} needs a '{needed}' section")
         return self
@@ -439,6 +460,13 @@ class CaptionerConfig(Section):
 def make_captioner(cfg: CaptionerConfig) -> Captioner:
     if cfg.kind == "oracle":
         return OracleCaptioner()
+    if cfg.kind == "none":
+        raise CaptionerError("captioner kind 'none' makes no captions; the caption stage handles it")
+    if cfg.kind == "table":
+        from skinflow.captions.table_captions import TableCaptioner  # lazy: that module imports this one
+
+        assert cfg.table is not None
+        return TableCaptioner(**cfg.table.model_dump())
     if cfg.kind == "local-vlm":
         assert cfg.local_vlm is not None
         return LocalVLMCaptioner(**cfg.local_vlm.model_dump())

@@ -76,6 +76,7 @@ def run_captions(manifest: pd.DataFrame, cfg: CaptionStageConfig, progress: bool
     rows = manifest.reset_index(drop=True)
     row_key = rows["image_id"] + ":" + rows["content_md5"].fillna("")
     todo = rows[~row_key.isin(done)]
+    todo_keys = set(row_key[~row_key.isin(done)])
     reused = len(rows) - len(todo)
     batches = range(0, len(todo), cfg.batch_size)
     if progress:
@@ -122,6 +123,10 @@ def run_captions(manifest: pd.DataFrame, cfg: CaptionStageConfig, progress: bool
     report.update({"captioner": captioner.name, "captioner_version": captioner.version,
                    "reused_from_progress": reused, "progress_file": str(progress_file)})
     if hasattr(captioner, "report"):  # a captions table says which schema fields its source could fill
+        reused_rows = rows[~row_key.isin(todo_keys)]
+        if len(reused_rows):  # rows reused from progress were not asked this time; a table answers them instantly
+            captioner.caption([CaptionRequest(i, p, attributes.get(i))
+                               for i, p in zip(reused_rows["image_id"], image_paths(reused_rows))])
         report["source_coverage"] = captioner.report()
     return table, quarantine, report
 

@@ -77,3 +77,36 @@ def test_low_parse_rate_fails_the_stage(dataset, tmp_path):
         attributes=str(tmp_path / "absent.parquet"), progress_dir=str(tmp_path / "p")))
     assert len(table) == 0 and len(quarantine) == len(manifest)
     assert report["status"] == "fail" and any("parse_rate" in f for f in report["failures"])
+
+
+def test_captioner_none_passes_every_row_on_uncaptioned(dataset, tmp_path):
+    from skinflow.captions.captioners import CaptionerConfig
+    from skinflow.captions.captioning import CAPTION_COLUMNS, NOT_APPLICABLE
+
+    root, manifest = dataset
+    table, quarantine, report = run_captions(manifest, CaptionStageConfig(
+        captioner=CaptionerConfig(kind="none"), attributes=None, progress_dir=str(tmp_path / "p")))
+    assert len(table) == len(quarantine) == 0 and list(table.columns) == list(CAPTION_COLUMNS)
+    assert report["status"] == NOT_APPLICABLE and report["parse_rate"] is None
+    assert report["rows_in"] == report["not_requested"] == len(manifest)
+    assert not (tmp_path / "p").exists()  # nothing to resume
+
+
+def test_a_table_reports_its_coverage_over_every_row_even_when_resumed(dataset, tmp_path):
+    """Rows reused from the progress file were not asked again, yet the coverage report counts them."""
+    from skinflow.captions.captioners import CaptionerConfig
+
+    root, manifest = dataset
+    ids = list(manifest["image_id"])
+    texts = ["Single pink papule with scale, well-defined regular border, round, 5 to 10 mm, good image quality, "
+             "localised distribution."] * 10
+    pd.DataFrame({"image_id": ids[:10], "caption": texts}).to_csv(tmp_path / "captions.csv", index=False)
+    cfg = CaptionStageConfig(captioner=CaptionerConfig(kind="table", table={"path": str(tmp_path / "captions.csv")}),
+                             attributes=None, progress_dir=str(tmp_path / "p"), min_parse_rate=0.0)
+    table, quarantine, first = run_captions(manifest, cfg)
+    assert len(table) == 10 and len(quarantine) == len(manifest) - 10
+    assert set(quarantine["reason"]) == {"caption_NOT_IN_TABLE"}
+    _, _, again = run_captions(manifest, cfg)
+    assert again["reused_from_progress"] == len(manifest)
+    assert again["source_coverage"] == first["source_coverage"]
+    assert first["source_coverage"]["fields"]["primary_morphology"]["stated"] == 10
