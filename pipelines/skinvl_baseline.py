@@ -1,5 +1,6 @@
-"""DVC stage `skinvl_baseline`: MM-Skin's SkinVL recipe (LoRA SFT on image-description pairs) as a
-baseline, with its text-metric, zero-shot and linear-probe evaluations for the start and tuned model."""
+"""DVC stage `skinvl_baseline`: MM-Skin's SkinVL recipe (LoRA SFT on an instruction mix of captions, open
+questions with diagnosis among them, and demographics) as a baseline, with its text-metric (per question type),
+zero-shot and linear-probe evaluations for the start and tuned model."""
 
 from __future__ import annotations
 

@@ -1,13 +1,17 @@
-"""MM-Skin's SkinVL recipe as a baseline: LoRA SFT on image-caption pairs, then three evaluations.
+"""MM-Skin's SkinVL recipe as a baseline: LoRA SFT on an instruction mix, then three evaluations.
 
 SkinVL (MM-Skin, 2025) fine-tunes a general VLM with LoRA on the language model (vision encoder
-frozen) on dermatology image-text pairs, and is scored by (a) text metrics of its answers against
-the reference descriptions, (b) zero-shot classification by prompting with the class list, and
-(c) a linear probe on frozen mean-pooled visual tokens. Here the pairs are each training image with
-its caption's free-text ``summary``; the start model is the warm-up model (the instruction-tuned
-stand-in on the embedded data) and the merged result is an ordinary model directory, so the
-project's own evaluation can score it as one more variant. The start model gets the same three
-evaluations, so the effect of the fine-tuning is visible side by side.
+frozen) on a mix of dermatology instructions: captions (MM-Skin-C), open questions with short answers,
+diagnosis among them (MM-Skin-O), and demographics (MM-Skin-D). It is scored by (a) text metrics of its
+answers against held-out references, per question type, (b) zero-shot classification by prompting with
+the class list and taking the first class named, and (c) a linear probe on frozen mean-pooled visual
+tokens. Here the mix is generated from what the dataset knows: each training image's caption summary
+(description), one question on a caption field (morphology, colour, site, border), the category-list
+diagnosis question answered with the label, and the Fitzpatrick type where the source gives one; the
+share of images given each task is ``mix``. The start model is the warm-up model (the instruction-tuned
+stand-in on the embedded data) and the merged result is an ordinary model directory, so the project's
+own evaluation scores it as one more variant (ranked top-6, format compliance). The start model gets
+the same three evaluations, so the effect of the fine-tuning is visible side by side.
 """
 
 from __future__ import annotations
@@ -30,8 +34,25 @@ from skinflow.io import atomic_dir
 
 # One question for every image, in the spirit of MM-Skin's description QA pairs.
 DESCRIBE_QUESTION = "Describe the skin lesion in this image."
+# MM-Skin-O style open questions: question type -> (question, caption field answered in words).
+OPEN_QUESTIONS = {
+    "morphology": ("What is the primary morphology of the lesion?", "primary_morphology"),
+    "colour": ("What colour is the lesion?", "colour"),
+    "body_site": ("Which body site is shown?", "body_site"),
+    "border": ("Is the border of the lesion well defined or ill defined?", "border_definition"),
+}
+FITZPATRICK_QUESTION = "Which Fitzpatrick skin type is shown?"
+ROMAN = ("I", "II", "III", "IV", "V", "VI")
 NO_CLASS = "<none>"  # zero-shot answer that names no class: kept, and scored as wrong
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class InstructionMix(Section):
+    """Share of training images given each task (a seeded draw per image and task)."""
+    caption: float = Field(0.5, ge=0, le=1)        # the caption's summary (MM-Skin-C)
+    open_qa: float = Field(0.5, ge=0, le=1)        # one open question on a caption field (MM-Skin-O)
+    diagnosis: float = Field(1.0, ge=0, le=1)      # the category-list question, answered with the label
+    demographics: float = Field(0.25, ge=0, le=1)  # the Fitzpatrick type, where the source gives one (MM-Skin-D)
 
 
 class SkinVLConfig(Section):
@@ -55,7 +76,9 @@ class SkinVLConfig(Section):
     train_limit: int | None = None          # cap on training images (None = whole train split)
     eval_split: str = "test"
     eval_images: int | None = None          # cap on images generated from in (a) and (b) (None = split)
+    mix: InstructionMix = InstructionMix()
     max_new_tokens: int = Field(96, ge=8)   # description answers (a caption summary is <= 200 chars)
+    qa_max_new_tokens: int = Field(16, ge=4)  # short answers to the open and demographic questions
     zero_shot_max_new_tokens: int = Field(32, ge=4)
     generation_batch_size: int = Field(16, ge=1)
     probe_c_grid: list[float] = [0.01, 0.1, 1.0, 10.0, 100.0]
@@ -85,6 +108,57 @@ def _question(text: str) -> list[dict]:
 def zero_shot_question(classes: Sequence[str]) -> str:
     return ("Which skin condition is shown in this image? Answer with one of: "
             + "; ".join(sorted(classes)) + ".")
+
+
+def _words(value) -> str:
+    terms = [value] if isinstance(value, str) else list(value)
+    return ", ".join(t.replace("_", " ") for t in terms)
+
+
+def qa_items(rows: pd.DataFrame, captions: pd.DataFrame, classes: Sequence[str]) -> list[dict]:
+    """Every (image, question type, question, answer) the dataset can support, in row order: the description and
+    each open question where the image has a caption, the diagnosis where its label is a class, the Fitzpatrick
+    type where it is known."""
+    parsed = {i: json.loads(c) for i, c in zip(captions["image_id"], captions["caption_json"]) if isinstance(c, str)}
+    known = set(classes)
+    question = zero_shot_question(classes)
+    items = []
+    for index, row in enumerate(rows.itertuples()):
+        caption = parsed.get(row.image_id)
+        if caption is not None:
+            items.append({"index": index, "type": "description", "question": DESCRIBE_QUESTION,
+                          "answer": caption["summary"]})
+            items += [{"index": index, "type": kind, "question": text, "answer": _words(caption[field])}
+                      for kind, (text, field) in OPEN_QUESTIONS.items()]
+        if row.label in known:
+            items.append({"index": index, "type": "diagnosis", "question": question, "answer": row.label})
+        scale = row.fitzpatrick_scale
+        if pd.notna(scale) and 1 <= int(scale) <= 6:
+            items.append({"index": index, "type": "fitzpatrick_type", "question": FITZPATRICK_QUESTION,
+                          "answer": f"Fitzpatrick type {ROMAN[int(scale) - 1]}"})
+    return items
+
+
+def instruction_mix(items: list[dict], mix: InstructionMix, seed: int) -> list[dict]:
+    """The training mix: per image, each task kept with its share (one open question drawn per image)."""
+    rng = np.random.default_rng(seed)
+    share = {"description": mix.caption, "diagnosis": mix.diagnosis, "fitzpatrick_type": mix.demographics}
+    by_image: dict[int, list[dict]] = {}
+    for item in items:
+        by_image.setdefault(item["index"], []).append(item)
+    chosen = []
+    for index in sorted(by_image):
+        group = by_image[index]
+        open_items = [i for i in group if i["type"] in OPEN_QUESTIONS]
+        draws = rng.random(4)       # always four draws per image, so one task's share never shifts another's
+        pick = int(rng.integers(len(OPEN_QUESTIONS)))
+        for item in group:
+            if item["type"] in OPEN_QUESTIONS:
+                if draws[1] < mix.open_qa and item is open_items[pick % len(open_items)]:
+                    chosen.append(item)
+            elif draws[{"description": 0, "diagnosis": 2, "fitzpatrick_type": 3}[item["type"]]] < share[item["type"]]:
+                chosen.append(item)
+    return chosen
 
 
 def _rows(manifest: pd.DataFrame, split: str, limit: int | None) -> pd.DataFrame:
@@ -155,6 +229,20 @@ def vqa_scores(hyps: Sequence[str], refs: Sequence[str], bertscore_model_dir: st
     out.update({f"bleu{n}": bleu_n(hyps, refs, n) for n in (1, 2, 3)})
     out["n"] = len(refs)
     return out
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", (text or "").lower()).split())
+
+
+def qa_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict:
+    """Short answers: exact match after case/punctuation folding, plus BLEU-1/4 and ROUGE-L as MM-Skin reports."""
+    from skinflow.captions.metrics import text_metrics
+
+    metrics = text_metrics(hyps, refs, bertscore_model_dir=None)
+    return {"bleu1": bleu_n(hyps, refs, 1), "bleu4": metrics["bleu4"], "rouge_l": metrics["rouge_l"],
+            "exact_match": float(np.mean([_normalise(h) == _normalise(r) for h, r in zip(hyps, refs)])),
+            "n": len(refs)}
 
 
 # ---- (c) linear probe ----------------------------------------------------------------------------
@@ -235,16 +323,17 @@ def add_lora(model, cfg: SkinVLConfig):
     return get_peft_model(model, lora)
 
 
-def _sft_dataset(images: list, answers: list[str]):
+def _sft_dataset(images: list, questions: list[str], answers: list[str]):
     from datasets import Dataset
 
     return Dataset.from_list([{
-        "images": [img], "prompt": _question(DESCRIBE_QUESTION),
+        "images": [img], "prompt": _question(q),
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": a}]}],
-    } for img, a in zip(images, answers)])
+    } for img, q, a in zip(images, questions, answers)])
 
 
-def train_skinvl(start_dir: str, out_dir: str, images: list, answers: list[str], cfg: SkinVLConfig) -> dict:
+def train_skinvl(start_dir: str, out_dir: str, images: list, questions: list[str], answers: list[str],
+                 cfg: SkinVLConfig) -> dict:
     """LoRA SFT (TRL), merge the adapters and write a plain model directory to ``out_dir``."""
     from skinflow.determinism import seed_everything
     from trl import SFTConfig, SFTTrainer
@@ -267,7 +356,7 @@ def train_skinvl(start_dir: str, out_dir: str, images: list, answers: list[str],
         dataloader_num_workers=0, disable_tqdm=True, completion_only_loss=True,
         gradient_checkpointing=False,  # TRL turns it on by default; at tiny sizes it only costs time
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(images, answers),
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_sft_dataset(images, questions, answers),
                          processing_class=processor)
     started = time.perf_counter()
     trainer.train()
@@ -319,13 +408,24 @@ def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig,
     zero_shot = zero_shot_scores(replies, data["eval_labels"], data["classes"])
     seconds["zero_shot"] = round(time.perf_counter() - started, 2)
 
+    started = time.perf_counter()  # the short-answer questions of the mix, held out on the evaluation split
+    short = [q for q in data["qa"] if q["type"] in (*OPEN_QUESTIONS, "fitzpatrick_type")]
+    asked = [{"images": [data["eval_images"][q["index"]]], "prompt": _question(q["question"])} for q in short]
+    said = generate_texts(model, processor, asked, cfg.qa_max_new_tokens, cfg.generation_batch_size, progress=progress)
+    by_type = {"description": {**{k: vqa[k] for k in ("bleu1", "bleu4", "rouge_l")}, "exact_match": None, "n": vqa["n"]}}
+    for kind in (*OPEN_QUESTIONS, "fitzpatrick_type"):
+        pairs = [(a, q["answer"]) for a, q in zip(said, short) if q["type"] == kind]
+        if pairs:
+            by_type[kind] = qa_scores([a for a, _ in pairs], [r for _, r in pairs])
+    seconds["qa"] = round(time.perf_counter() - started, 2)
+
     started = time.perf_counter()
     train_x = visual_features(model, processor, data["probe_train_images"])
     test_x = visual_features(model, processor, data["probe_test_images"])
     probe = linear_probe(train_x, data["probe_train_labels"], test_x, data["probe_test_labels"],
                          cfg.probe_c_grid, cfg.probe_folds, cfg.seed, cfg.probe_max_iter)
     seconds["linear_probe"] = round(time.perf_counter() - started, 2)
-    return {"vqa": vqa, "zero_shot": zero_shot, "linear_probe": probe, "seconds": seconds,
+    return {"vqa": vqa, "vqa_by_type": by_type, "zero_shot": zero_shot, "linear_probe": probe, "seconds": seconds,
             "samples": {"description": answers[:3], "zero_shot": replies[:3]}}, test_x
 
 
@@ -339,8 +439,9 @@ def eval_data(manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataF
         raise ValueError(f"no {cfg.eval_split} image has a reference caption")
     train = _rows(manifest, "train", None)
     test = _rows(manifest, cfg.eval_split, None)
+    classes = sorted(taxonomy["label"])
     return {
-        "classes": sorted(taxonomy["label"]),
+        "classes": classes, "qa": qa_items(rows, captions, classes),
         "eval_images": images, "eval_labels": list(rows["label"]),
         "vqa_images": [images[i] for i in with_ref],
         "vqa_refs": [summaries[rows["image_id"].iloc[i]] for i in with_ref],
@@ -379,11 +480,15 @@ def run_skinvl(out_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame, tax
     if train.empty:
         raise ValueError("no training image has a reference caption")
     data = eval_data(manifest, captions, taxonomy, cfg)
+    mix = instruction_mix(qa_items(train, captions, data["classes"]), cfg.mix, cfg.seed)
+    train_images = _images(train)
 
     start_weights = _weights_md5(cfg.start_model)  # the start model may be rebuilt by its own stage
     base, base_x = evaluate_variant(cfg.start_model, data, cfg, progress)
-    training = train_skinvl(cfg.start_model, out_dir, _images(train),
-                            [summaries[i] for i in train["image_id"]], cfg)
+    training = train_skinvl(cfg.start_model, out_dir, [train_images[q["index"]] for q in mix],
+                            [q["question"] for q in mix], [q["answer"] for q in mix], cfg)
+    training["examples_by_type"] = {k: int(v) for k, v in
+                                    sorted(pd.Series([q["type"] for q in mix]).value_counts().items())}
     tuned, tuned_x = evaluate_variant(out_dir, data, cfg, progress)  # reloaded: the saved model is scored
     if _weights_md5(cfg.start_model) != start_weights:
         raise RuntimeError(f"{cfg.start_model} changed during the run; run the stage again")
@@ -393,5 +498,8 @@ def run_skinvl(out_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame, tax
         "recipe": cfg.model_dump(), "start_model": cfg.start_model, "start_model_weights_md5": start_weights,
         "model_dir": out_dir,
         "train": training, "base": base, "skinvl": tuned, "delta": _delta(base, tuned),
+        "delta_exact_match_by_type": {k: (None if v.get("exact_match") is None
+                                          else tuned["vqa_by_type"][k]["exact_match"] - v["exact_match"])
+                                      for k, v in base["vqa_by_type"].items()},
         "probe_feature_max_abs_change": drift, "wall_seconds": round(time.perf_counter() - wall, 2),
     }

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from micro_models import micro_qwen2_5_vl
 from skinflow.baselines.skinvl import (NO_CLASS, SkinVLConfig, add_lora, bleu_n, first_class, linear_probe,
-                                       language_model_targets, run_skinvl, zero_shot_scores)
+                                       language_model_targets, run_skinvl, zero_shot_scores,
+                                       OPEN_QUESTIONS, InstructionMix, instruction_mix, qa_items, qa_scores)
 
 CLASSES = ["acne", "acne vulgaris", "eczema", "lichen planus", "psoriasis"]
 
@@ -143,12 +144,18 @@ def test_train_merge_reload_and_evaluate(workspace):
     root, manifest, captions, taxonomy = workspace
     cfg = SkinVLConfig(start_model=str(root / "base"), lora_r=4, lora_alpha=8, learning_rate=5e-3,
                        batch_size=4, train_limit=8, eval_images=6, max_new_tokens=12,
-                       zero_shot_max_new_tokens=8, probe_c_grid=[1.0], probe_folds=2, logging_steps=1)
+                       zero_shot_max_new_tokens=8, probe_c_grid=[1.0], probe_folds=2, logging_steps=1,
+                       mix=InstructionMix(caption=1, open_qa=1, diagnosis=1, demographics=0.5))
     out = root / "skinvl"
     summary = run_skinvl(str(out), manifest, captions, taxonomy, cfg)
     write_json(root / "skinvl.json", summary)  # must be JSON-serialisable as written by the stage
 
-    assert summary["train"]["steps"] == math.ceil(8 / 4) and summary["train"]["examples"] == 8
+    by_type = summary["train"]["examples_by_type"]
+    assert summary["train"]["examples"] == sum(by_type.values())
+    assert summary["train"]["steps"] == math.ceil(summary["train"]["examples"] / 4)
+    # the instruction mix: every image's description and diagnosis, one open question each, some skin types
+    assert by_type["description"] == by_type["diagnosis"] == 8
+    assert sum(by_type.get(k, 0) for k in OPEN_QUESTIONS) == 8 and by_type.get("fitzpatrick_type", 0) <= 8
     assert summary["train"]["loss_first"] is not None
     # a plain model directory, loadable like any other variant
     assert (out / "model.safetensors").exists() and (out / "chat_template.jinja").exists()
@@ -174,8 +181,56 @@ def test_train_merge_reload_and_evaluate(workspace):
         assert 0.0 <= part["zero_shot"]["accuracy"] <= 1.0
         probe = part["linear_probe"]
         assert probe["n_test"] == int((manifest["split"] == "test").sum()) and 0 <= probe["accuracy"] <= 1
-        assert set(part["seconds"]) == {"vqa", "zero_shot", "linear_probe"}
+        assert set(part["seconds"]) == {"vqa", "zero_shot", "linear_probe", "qa"}
+        assert set(OPEN_QUESTIONS) <= set(part["vqa_by_type"]) and part["vqa_by_type"]["morphology"]["n"] == 6
+        assert all(0 <= v["exact_match"] <= 1 for k, v in part["vqa_by_type"].items() if k != "description")
     assert summary["base"]["linear_probe"] == summary["skinvl"]["linear_probe"]
     assert summary["delta"]["linear_probe.accuracy"] == 0.0
     assert summary["wall_seconds"] > 0
     assert isinstance(pd.DataFrame(summary["train"]["history"]), pd.DataFrame)
+
+
+# ---- the instruction mix ---------------------------------------------------------------------------
+
+
+def _mix_rows():
+    caption = json.dumps({"summary": "A single pink papule.", "primary_morphology": ["papule"], "colour": ["pink"],
+                          "body_site": "arm", "border_definition": "well_defined"})
+    rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(40)], "label": ["acne"] * 39 + ["not a class"],
+                         "fitzpatrick_scale": [3] * 20 + [-1] * 20})
+    captions = pd.DataFrame({"image_id": [f"i{k}" for k in range(30)], "caption_json": [caption] * 30})
+    return rows, captions
+
+
+def test_qa_items_cover_what_the_dataset_knows():
+    rows, captions = _mix_rows()
+    items = qa_items(rows, captions, ["acne", "eczema"])
+    kinds = pd.Series([i["type"] for i in items]).value_counts().to_dict()
+    assert kinds == {"description": 30, **{k: 30 for k in OPEN_QUESTIONS}, "diagnosis": 39, "fitzpatrick_type": 20}
+    answers = {i["type"]: i["answer"] for i in items if i["index"] == 0}
+    assert answers["morphology"] == "papule" and answers["border"] == "well defined"
+    assert answers["fitzpatrick_type"] == "Fitzpatrick type III" and answers["diagnosis"] == "acne"
+    assert "acne; eczema" in next(i["question"] for i in items if i["type"] == "diagnosis")  # the category list
+
+
+def test_instruction_mix_shares_are_seeded_and_independent():
+    rows, captions = _mix_rows()
+    items = qa_items(rows, captions, ["acne", "eczema"])
+    full = instruction_mix(items, InstructionMix(caption=1, open_qa=1, diagnosis=1, demographics=1), seed=0)
+    kinds = pd.Series([i["type"] for i in full]).value_counts().to_dict()
+    assert kinds["description"] == 30 and kinds["diagnosis"] == 39 and kinds["fitzpatrick_type"] == 20
+    assert sum(kinds.get(k, 0) for k in OPEN_QUESTIONS) == 30          # one open question per captioned image
+    none = instruction_mix(items, InstructionMix(caption=0, open_qa=0, diagnosis=0, demographics=0), seed=0)
+    assert none == []
+    half = instruction_mix(items, InstructionMix(caption=1, open_qa=1, diagnosis=0.5, demographics=1), seed=3)
+    assert half == instruction_mix(items, InstructionMix(caption=1, open_qa=1, diagnosis=0.5, demographics=1), seed=3)
+    assert 5 < sum(i["type"] == "diagnosis" for i in half) < 34
+    # changing the diagnosis share leaves every other task's draw alone (same seed)
+    same_seed = instruction_mix(items, InstructionMix(caption=1, open_qa=1, diagnosis=0.5, demographics=1), seed=0)
+    assert [i for i in same_seed if i["type"] != "diagnosis"] == [i for i in full if i["type"] != "diagnosis"]
+
+
+def test_short_answers_score_exact_matches_after_folding():
+    scores = qa_scores(["Papule.", "pink, brown", "arm"], ["papule", "pink, brown", "leg"])
+    assert scores["exact_match"] == pytest.approx(2 / 3) and scores["n"] == 3
+    assert 0 <= scores["bleu1"] <= 1 and 0 <= scores["rouge_l"] <= 1
