@@ -320,6 +320,15 @@ def baselines_section(inputs: ReportInputs) -> DocSection:
         section.parts.append(Table(["CFA loss terms", "focal", "align", "calib", "seeds", "val accuracy", "val NLL",
                                     "val ECE"], body, "CFA loss-term ablation on the validation split, mean "
                                    "(min-max) over seeds; the test split scores only the configured weights"))
+    for a in baselines:  # SkinVL: MM-Skin's per-question-type scores, start model beside the tuned one
+        types = (a.data.get("skinvl") or {}).get("vqa_by_type") or {}
+        base = (a.data.get("base") or {}).get("vqa_by_type") or {}
+        if types:
+            body = [[kind, fmt(v.get("n")), *(fmt((part.get(kind) or {}).get(m)) for m in ("exact_match", "bleu4")
+                                               for part in (base, types))] for kind, v in types.items()]
+            section.parts.append(Table(["question type", "n", "exact match (start)", "exact match (SkinVL)",
+                                        "BLEU-4 (start)", "BLEU-4 (SkinVL)"], body,
+                                       f"SkinVL per question type on held-out images ({a.path})"))
     for a in baselines:
         if a.data.get("not_applicable"):
             section.parts.append(Para(f"{a.name.split('/', 1)[1]} not produced: {a.data['not_applicable']}."))
