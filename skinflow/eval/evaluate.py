@@ -95,8 +95,9 @@ def diagnosis_examples(rows: pd.DataFrame, labels: list[str], style: PromptStyle
 def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame | None,
                    taxonomy: pd.DataFrame, cfg: EvalConfig, progress: bool = False) -> dict:
     """Return predictions, match log, metrics, confusion and caption scores for one model."""
-    split = manifest[manifest["split"] == cfg.split].sort_values("image_id")
-    rows = split.head(cfg.limit) if cfg.limit else split
+    rows = manifest[manifest["split"] == cfg.split].sort_values("image_id")
+    if cfg.limit:
+        rows = rows.head(cfg.limit)
     style = model_prompt_style(model_dir)
     if cfg.taxonomy:
         taxonomy = pd.read_csv(cfg.taxonomy, dtype=str, keep_default_na=False)
@@ -110,9 +111,9 @@ def evaluate_model(model_dir: str, manifest: pd.DataFrame, captions: pd.DataFram
     metrics = compute_metrics(mapped, space, n_boot=cfg.n_boot, seed=cfg.seed)
 
     caption_scores = caption_per_image = None
-    # The first captioned images of the split (a captions table may cover only some), at most `limit` of them.
-    subset = (split[split["image_id"].isin(captions["image_id"])].head(min(cfg.caption_images, cfg.limit or len(split)))
-              if cfg.caption_images and captions is not None else split.head(0))
+    # The first captioned images among those evaluated (a captions table may cover only some; none: no caption score).
+    subset = (rows[rows["image_id"].isin(captions["image_id"])].head(cfg.caption_images)
+              if cfg.caption_images and captions is not None else rows.head(0))
     if len(subset):
         cap_examples = build_examples(subset, captions, taxonomy, [CAPTION_TASK], style, model_max_pixels(model_dir))
         cap_texts = _generate_resumable(model_dir, cap_examples, cfg, cfg.caption_max_new_tokens,
