@@ -1,4 +1,5 @@
-"""Prefect flow: one task per DVC stage (order from dvc.yaml), DVC decides what is stale.
+"""Prefect flow: one task per DVC stage, wired as dvc.yaml's DAG (each task waits for the stages it depends on,
+independent branches are submitted together), DVC decides what is stale.
 
 Thin by design: the stage list, the runner and the metric table live in
 ``skinflow.orchestration.dvc_stages``; the checkout lock and the dvc.lock record in
@@ -11,7 +12,7 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact
 
 from skinflow.orchestration.checkout import CheckoutBusy, checkout_lock, record_dvc_lock
-from skinflow.orchestration.dvc_stages import headline_table, run_dvc_stage, stage_plan, stage_runner
+from skinflow.orchestration.dvc_stages import headline_table, run_dvc_stage, stage_graph, stage_runner
 
 
 def _retry_unless_busy(task, task_run, state) -> bool:
@@ -50,12 +51,14 @@ def pipeline(repo_dir: str = ".", only: list[str] | None = None, gpu: bool | Non
     After every stage succeeded, dvc.lock is attached as an artifact (and committed to git, alone,
     if ``commit_lock``)."""
     with checkout_lock(repo_dir), stage_runner(repo_dir, extra_env=_lineage_env()):
-        done = []
-        for name, pool in stage_plan(repo_dir):
+        futures = {}
+        for name, pool, upstream in stage_graph(repo_dir):
             if (only and name not in only) or (gpu is not None and (pool == "gpu") != gpu):
                 continue
             run = dvc_stage.with_options(task_run_name=f"dvc:{name}", retries=retries)
-            done.append(run(name, repo_dir))
+            # The UI draws these edges: the flow's graph is DVC's (stages outside this run are not waited for).
+            futures[name] = run.submit(name, repo_dir, wait_for=[futures[u] for u in upstream if u in futures])
+        done = [future.result() for future in futures.values()]  # dependency order: the first failure is raised
         record = record_dvc_lock(repo_dir, commit=commit_lock,
                                  message=f"dvc.lock after pipeline stages: {', '.join(done) or 'none'}")
         table = headline_table(repo_dir)

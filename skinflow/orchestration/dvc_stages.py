@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,26 +22,42 @@ from skinflow.orchestration.checkout import CheckoutBusy, dvc_lock_error
 from skinflow.orchestration.dvc_worker import DvcWorker, WorkerGone, follow, output_lines, worker_key
 
 _WORKERS: dict[str, DvcWorker] = {}
+# One stage at a time per checkout: DVC locks the checkout while a stage runs, so stages a flow submits
+# concurrently (independent branches of the DAG) queue here instead of failing with CheckoutBusy.
+_CHECKOUT_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _checkout_lock(repo_dir: str | os.PathLike) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _CHECKOUT_LOCKS.setdefault(worker_key(repo_dir), threading.Lock())
 
 # A stage's work pool is declared once, in dvc.yaml: `meta: {pool: gpu}` (DVC ignores `meta` when hashing).
 DEFAULT_POOL = "cpu"
 POOLS = ("cpu", "gpu")
 
 
-def stage_plan(repo_dir: str | os.PathLike = ".") -> list[tuple[str, str]]:
-    """(stage, pool) for every stage of dvc.yaml (foreach/matrix items expanded) in dependency order."""
+def stage_graph(repo_dir: str | os.PathLike = ".") -> list[tuple[str, str, list[str]]]:
+    """(stage, pool, upstream stages) for every stage of dvc.yaml (foreach/matrix items expanded) in dependency
+    order; the upstream stages are those whose outputs it depends on, so a flow can mirror DVC's DAG exactly."""
     import networkx as nx
     from dvc.repo import Repo
 
     with Repo(str(repo_dir)) as repo:
         graph = repo.index.graph
         # DVC's edges point from a stage to the stages it depends on.
-        plan = [(stage.name, (stage.meta or {}).get("pool", DEFAULT_POOL))
+        plan = [(stage.name, (stage.meta or {}).get("pool", DEFAULT_POOL),
+                 sorted(upstream.name for upstream in graph.successors(stage)))
                 for stage in reversed(list(nx.topological_sort(graph)))]
-    unknown = sorted({pool for _, pool in plan} - set(POOLS))
+    unknown = sorted({pool for _, pool, _ in plan} - set(POOLS))
     if unknown:
         raise ValueError(f"dvc.yaml names unknown pools {unknown} in meta.pool; known: {list(POOLS)}")
     return plan
+
+
+def stage_plan(repo_dir: str | os.PathLike = ".") -> list[tuple[str, str]]:
+    """(stage, pool) for every stage of dvc.yaml (foreach/matrix items expanded) in dependency order."""
+    return [(name, pool) for name, pool, _ in stage_graph(repo_dir)]
 
 
 def stage_order(repo_dir: str | os.PathLike = ".") -> list[str]:
@@ -79,7 +96,13 @@ def run_dvc_stage(name: str, repo_dir: str | os.PathLike = ".", log: Callable[[s
     """Reproduce one stage (``dvc repro --single-item <name>``), streaming its output to ``log``.
 
     Raises :class:`CheckoutBusy` if another DVC process holds the checkout, else
-    :class:`StageFailed` on a non-zero exit."""
+    :class:`StageFailed` on a non-zero exit. Calls for one checkout from several threads run one after another."""
+    with _checkout_lock(repo_dir):
+        _run_dvc_stage(name, repo_dir, log, extra_env)
+
+
+def _run_dvc_stage(name: str, repo_dir: str | os.PathLike, log: Callable[[str], None],
+                   extra_env: dict[str, str] | None) -> None:
     worker = _WORKERS.get(worker_key(repo_dir))
     if worker is not None and worker.alive():
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dvc_toy import BROKEN_STAGE, TOY_DAG
-from skinflow.orchestration.dvc_stages import StageFailed, headline_table, stage_order, stage_plan
+from skinflow.orchestration.dvc_stages import StageFailed, headline_table, stage_graph, stage_order, stage_plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,6 +38,22 @@ def harness():
 
 def test_stage_order_follows_the_dag_not_the_file(toy_repo):
     assert stage_order(toy_repo) == ["first", "second", "broken"]
+
+
+def test_each_stage_knows_the_stages_it_depends_on(toy_repo):
+    assert [(name, upstream) for name, _, upstream in stage_graph(toy_repo)] == [
+        ("first", []), ("second", ["first"]), ("broken", ["second"])]
+
+
+def test_the_flow_graph_is_the_dvc_dag(toy_repo, harness):
+    """Each stage task waits for the tasks of the stages it depends on, so the Prefect UI draws DVC's DAG."""
+    from flows.pipeline import pipeline
+
+    state = pipeline(str(toy_repo), only=["first", "second"], return_state=True)
+    assert state.is_completed()
+    runs = {run.name: run for run in _task_runs(state.state_details.flow_run_id)}
+    waited = [str(getattr(i, "id", "")) for i in runs["dvc:second"].task_inputs.get("wait_for", [])]
+    assert waited == [str(runs["dvc:first"].id)] and not runs["dvc:first"].task_inputs.get("wait_for")
 
 
 def test_pools_come_from_dvc_yaml_meta():
