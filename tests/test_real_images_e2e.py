@@ -9,8 +9,6 @@ every declared output of every stage exists, the rows that cannot be produced sa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import yaml
 
 from tests.shared_data import SHARED
+from tests.test_pipeline_e2e import _run  # the same environment and failure report
 
 REPO = Path(__file__).resolve().parents[1]
 ISIC = SHARED / "isic_uda1"
@@ -45,14 +44,6 @@ def overlay(captioner: dict) -> dict:
     merged["caption"].update(captioner=captioner, min_parse_rate=0.0)
     merged["ablation"].update(seeds=[0], control_seeds=[])
     return merged
-
-
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
-           "GX_ANALYTICS_ENABLED": "false", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
 
 
 @pytest.fixture(scope="module", params=sorted(CAPTIONERS))
