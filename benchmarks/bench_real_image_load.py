@@ -36,15 +36,16 @@ def build(paths: list[Path], max_pixels: int | None, processor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--max-pixels", type=int, default=12544, help="the tiny default model's budget (112 x 112)")
+    parser.add_argument("--max-pixels", type=int, default=12544, help="models/base's budget (112 x 112)")
     args = parser.parse_args()
     shared = Path(os.environ.get("SKINFLOW_SHARED", REPO.parent / "shared")) / "data/isic_uda1/images"
     paths = sorted(shared.glob("*.jpg"))[: args.images]
     if not paths:
         raise SystemExit(f"no images under {shared}")
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from skinflow.model.processor import load_processor
 
-    processor = Qwen2VLImageProcessor(min_pixels=args.max_pixels, max_pixels=args.max_pixels)
+    # The tiny default model's processor (models/base, `make repro`): its image processor is the one training uses.
+    processor = load_processor(REPO / "models/base").image_processor
     build(paths[:2], None, processor)  # warm imports
     full = build(paths, None, processor)
     shrunk = build(paths, args.max_pixels, processor)
