@@ -1,0 +1,170 @@
+"""A stage's inputs and outputs between checkouts, through the DVC remote, with one ``dvc.lock`` of record.
+
+A stage may run in a checkout that did not run its parents (a GPU worker's own checkout, at the same git
+commit). Around the stage, in that checkout:
+
+1. :func:`receive` takes a :class:`Package` from the orchestrating checkout: the ``dvc.lock`` entries of the
+   stage's upstream stages (merged into this checkout's ``dvc.lock``, so DVC knows their outputs' hashes) and
+   their uncached outputs (``cache: false`` metrics, written as files: the remote never holds them). Then
+   ``dvc pull`` fetches exactly the cached outputs the stage's deps name (an out equal to a dep, a directory
+   out holding a dep, or the outs inside a directory dep), nothing else.
+2. The stage runs as always (``run_dvc_stage``): DVC judges staleness and writes the stage's lock entry.
+3. :func:`send` pushes the stage's cached outputs to the remote and returns a package: its lock entry and its
+   uncached files.
+
+The orchestrating checkout :func:`receive`\\ s every stage's package (``pull=False``: only the lock entry and the
+uncached files; cached outputs stay on the remote until a stage there needs them, or ``dvc pull``). It is the
+one writer of record: its ``dvc.lock`` holds every entry, and it is the file committed at the end of a run.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from skinflow.io import atomic_path
+
+LOCK = "dvc.lock"
+
+
+@dataclass
+class Package:
+    """What travels with a task between checkouts: lock entries by stage, and uncached files by path (base64)."""
+
+    stages: dict[str, dict] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stages": self.stages, "files": self.files}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "Package":
+        return cls(dict((data or {}).get("stages") or {}), dict((data or {}).get("files") or {}))
+
+    def merged(self, *others: "Package") -> "Package":
+        out = Package(dict(self.stages), dict(self.files))
+        for other in others:
+            out.stages.update(other.stages)
+            out.files.update(other.files)
+        return out
+
+    def only(self, stages: set[str], paths: set[str]) -> "Package":
+        """The entries of ``stages`` and the files at (or under) ``paths``."""
+        return Package({s: e for s, e in self.stages.items() if s in stages},
+                       {p: b for p, b in self.files.items() if any(_within(p, q) for q in paths)})
+
+
+@dataclass(frozen=True)
+class StageIO:
+    name: str
+    deps: tuple[str, ...]                 # file/directory deps (params excluded), repo-relative
+    cached_outs: tuple[str, ...]
+    uncached_outs: tuple[str, ...]
+    inputs: tuple[tuple[str, str, bool], ...]   # (upstream stage, its out the deps need, cached)
+
+
+def _within(path: str, other: str) -> bool:
+    return path == other or path.startswith(other.rstrip("/") + "/")
+
+
+def stage_io(repo_dir: str | os.PathLike, name: str) -> StageIO:
+    """The stage's deps and outs, and which outputs of which upstream stages its deps need."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+        if name not in stages:
+            raise KeyError(f"no stage {name!r} in {repo_dir}/dvc.yaml")
+        stage = stages[name]
+        deps = tuple(d.def_path for d in stage.deps if not isinstance(d, ParamsDependency))
+        outs = [(o.def_path, o.use_cache) for o in stage.outs]
+        inputs = sorted({(other.name, o.def_path, bool(o.use_cache))
+                         for other in stages.values() if other.name != name
+                         for o in other.outs for d in deps
+                         if _within(d, o.def_path) or _within(o.def_path, d)})
+    return StageIO(name, deps, tuple(p for p, c in outs if c), tuple(p for p, c in outs if not c), tuple(inputs))
+
+
+def read_lock(repo_dir: str | os.PathLike) -> dict:
+    path = Path(repo_dir) / LOCK
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def merge_lock_entries(repo_dir: str | os.PathLike, entries: dict[str, dict]) -> None:
+    """Replace (or add) these stages' entries in the checkout's dvc.lock, atomically; other entries stay."""
+    if not entries:
+        return
+    lock = read_lock(repo_dir) or {"schema": "2.0", "stages": {}}
+    lock.setdefault("stages", {}).update(entries)
+    with atomic_path(Path(repo_dir) / LOCK) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(lock, sort_keys=False), encoding="utf-8")
+
+
+def _files_under(root: Path, rel: str) -> list[str]:
+    path = root / rel
+    if path.is_dir():
+        return sorted(str(p.relative_to(root)) for p in path.rglob("*") if p.is_file())
+    return [rel] if path.is_file() else []
+
+
+def _dvc(repo_dir: str | os.PathLike, args: list[str], env: dict[str, str] | None,
+         log: Callable[[str], None]) -> None:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo_dir, env=env, capture_output=True,
+                          text=True)
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.strip():
+            log(line)
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed in {repo_dir} ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
+def receive(repo_dir: str | os.PathLike, package: Package, stage: str | None = None, pull: bool = True,
+            env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> list[str]:
+    """Merge the package's lock entries and write its uncached files; with ``stage`` and ``pull``, then pull the
+    cached outputs that stage's deps need. Returns the pulled paths."""
+    root = Path(repo_dir)
+    merge_lock_entries(root, package.stages)
+    for rel, blob in sorted(package.files.items()):
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(base64.b64decode(blob))
+    if stage is None or not pull:
+        return []
+    io = stage_io(root, stage)
+    missing = sorted({s for s, _, _ in io.inputs} - set(read_lock(root).get("stages") or {}))
+    if missing:
+        raise RuntimeError(f"stage {stage}: no dvc.lock entry for upstream {missing}; run them first or pass "
+                           "their package")
+    needed = sorted({out for _, out, cached in io.inputs if cached})
+    if needed:
+        _dvc(root, ["pull", *needed], env, log)
+    return needed
+
+
+def send(repo_dir: str | os.PathLike, stage: str, env: dict[str, str] | None = None,
+         log: Callable[[str], None] = print) -> Package:
+    """Push the stage's cached outputs to the default remote; return its lock entry and uncached files."""
+    root = Path(repo_dir)
+    io = stage_io(root, stage)
+    entry = (read_lock(root).get("stages") or {}).get(stage)
+    if entry is None:
+        raise RuntimeError(f"stage {stage} has no dvc.lock entry in {repo_dir}: did it run?")
+    if io.cached_outs:
+        _dvc(root, ["push", *io.cached_outs], env, log)
+    files = {rel: base64.b64encode((root / rel).read_bytes()).decode("ascii")
+             for out in io.uncached_outs for rel in _files_under(root, out)}
+    return Package({stage: entry}, files)
+
+
+def upstream_package(package: Package, io: StageIO) -> Package:
+    """The part of an accumulated package one stage needs: its upstream stages' entries and uncached outputs."""
+    return package.only({s for s, _, _ in io.inputs}, {out for _, out, cached in io.inputs if not cached})
