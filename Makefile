@@ -51,6 +51,7 @@ prefect-server: $(STAMP)
 prefect-deploy: $(STAMP)
 	$(BIN)/prefect work-pool create cpu --type process || true
 	$(BIN)/prefect work-pool create gpu --type process || true
+	$(BIN)/prefect work-pool create orchestrator --type process || true
 	SKINFLOW_CHECKOUT=$(CURDIR) $(BIN)/prefect deploy --all
 
 worker-cpu: $(STAMP)

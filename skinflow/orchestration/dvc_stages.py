@@ -71,7 +71,7 @@ class StageFailed(RuntimeError):
         self.stage, self.returncode = stage, returncode
 
 
-def _stage_env(extra_env: dict[str, str] | None) -> dict[str, str]:
+def stage_env(extra_env: dict[str, str] | None) -> dict[str, str]:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -82,7 +82,7 @@ def _stage_env(extra_env: dict[str, str] | None) -> dict[str, str]:
 def stage_runner(repo_dir: str | os.PathLike = ".", extra_env: dict[str, str] | None = None) -> Iterator[None]:
     """Within this block, :func:`run_dvc_stage` on ``repo_dir`` uses one warm DVC worker process."""
     key = worker_key(repo_dir)
-    worker = DvcWorker(repo_dir, _stage_env(extra_env))
+    worker = DvcWorker(repo_dir, stage_env(extra_env))
     _WORKERS[key] = worker
     try:
         yield
@@ -115,7 +115,7 @@ def _run_dvc_stage(name: str, repo_dir: str | os.PathLike, log: Callable[[str], 
         if status != "ok":
             raise StageFailed(name, code, "\n".join(tail))
         return
-    env = _stage_env(extra_env)
+    env = stage_env(extra_env)
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name],
                             cwd=repo_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
     assert proc.stdout is not None

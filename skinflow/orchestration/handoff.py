@@ -74,23 +74,30 @@ def _within(path: str, other: str) -> bool:
     return path == other or path.startswith(other.rstrip("/") + "/")
 
 
-def stage_io(repo_dir: str | os.PathLike, name: str) -> StageIO:
-    """The stage's deps and outs, and which outputs of which upstream stages its deps need."""
+def all_stage_io(repo_dir: str | os.PathLike) -> dict[str, StageIO]:
+    """Every stage's deps and outs, and which outputs of which upstream stages its deps need (one DVC index)."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     with Repo(str(repo_dir)) as repo:
         stages = {s.name: s for s in repo.index.stages}
-        if name not in stages:
-            raise KeyError(f"no stage {name!r} in {repo_dir}/dvc.yaml")
-        stage = stages[name]
-        deps = tuple(d.def_path for d in stage.deps if not isinstance(d, ParamsDependency))
-        outs = [(o.def_path, o.use_cache) for o in stage.outs]
-        inputs = sorted({(other.name, o.def_path, bool(o.use_cache))
-                         for other in stages.values() if other.name != name
-                         for o in other.outs for d in deps
-                         if _within(d, o.def_path) or _within(o.def_path, d)})
-    return StageIO(name, deps, tuple(p for p, c in outs if c), tuple(p for p, c in outs if not c), tuple(inputs))
+        outs = {name: [(o.def_path, bool(o.use_cache)) for o in stage.outs] for name, stage in stages.items()}
+        result = {}
+        for name, stage in stages.items():
+            deps = tuple(d.def_path for d in stage.deps if not isinstance(d, ParamsDependency))
+            inputs = sorted({(other, path, cached) for other, listed in outs.items() if other != name
+                             for path, cached in listed for d in deps if _within(d, path) or _within(path, d)})
+            result[name] = StageIO(name, deps, tuple(p for p, c in outs[name] if c),
+                                   tuple(p for p, c in outs[name] if not c), tuple(inputs))
+    return result
+
+
+def stage_io(repo_dir: str | os.PathLike, name: str) -> StageIO:
+    """One stage's :class:`StageIO`."""
+    every = all_stage_io(repo_dir)
+    if name not in every:
+        raise KeyError(f"no stage {name!r} in {repo_dir}/dvc.yaml")
+    return every[name]
 
 
 def read_lock(repo_dir: str | os.PathLike) -> dict:
@@ -147,6 +154,10 @@ def receive(repo_dir: str | os.PathLike, package: Package, stage: str | None = N
     needed = sorted({out for _, out, cached in io.inputs if cached})
     if needed:
         _dvc(root, ["pull", *needed], env, log)
+    if stage in package.stages and io.cached_outs:
+        # The stage's own entry came along: fetch its outputs where the remote has them, so DVC can see the
+        # stage is up to date instead of re-running it in a checkout that never had them.
+        _dvc(root, ["pull", "--allow-missing", *io.cached_outs], env, log)
     return needed
 
 
@@ -166,5 +177,18 @@ def send(repo_dir: str | os.PathLike, stage: str, env: dict[str, str] | None = N
 
 
 def upstream_package(package: Package, io: StageIO) -> Package:
-    """The part of an accumulated package one stage needs: its upstream stages' entries and uncached outputs."""
-    return package.only({s for s, _, _ in io.inputs}, {out for _, out, cached in io.inputs if not cached})
+    """The part of an accumulated package one stage needs: its upstream stages' entries and uncached outputs,
+    and its own entry (when there is one) so that an up-to-date stage is not re-run elsewhere."""
+    return package.only({io.name, *(s for s, _, _ in io.inputs)},
+                        {out for _, out, cached in io.inputs if not cached})
+
+
+def local_package(repo_dir: str | os.PathLike, ios: dict[str, StageIO], stages: set[str] | None = None) -> Package:
+    """What this checkout already holds, as a package: the dvc.lock entries of ``stages`` (default: all) and the
+    uncached outputs on disk. The orchestrating checkout starts from it, so stages a run skips still hand on."""
+    root = Path(repo_dir)
+    locked = read_lock(root).get("stages") or {}
+    names = set(ios) if stages is None else stages
+    files = {rel: base64.b64encode((root / rel).read_bytes()).decode("ascii")
+             for name in names if name in ios for out in ios[name].uncached_outs for rel in _files_under(root, out)}
+    return Package({n: e for n, e in locked.items() if n in names}, files)

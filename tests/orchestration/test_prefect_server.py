@@ -66,9 +66,11 @@ def test_prefect_yaml_deployments_register_with_their_schedule(server, client, t
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    flow_name = "skinflow-pipeline"
+    flow_names = {"pipeline": "skinflow-pipeline", "distributed": "skinflow-distributed",
+                  "stage_in_checkout": "skinflow-stage"}
+    flow_of = {d["name"]: flow_names[d["entrypoint"].rsplit(":", 1)[1]] for d in spec["deployments"]}
     for declared in spec["deployments"]:
-        deployment = client.read_deployment_by_name(f"{flow_name}/{declared['name']}")
+        deployment = client.read_deployment_by_name(f"{flow_of[declared['name']]}/{declared['name']}")
         assert deployment.work_pool_name == declared["work_pool"]["name"]
         assert deployment.parameters == declared["parameters"]
         assert deployment.entrypoint == declared["entrypoint"]
@@ -80,7 +82,7 @@ def test_prefect_yaml_deployments_register_with_their_schedule(server, client, t
 
     nightly_spec = next(d for d in spec["deployments"] if d.get("schedules"))
     minute, hour = (int(field) for field in nightly_spec["schedules"][0]["cron"].split()[:2])
-    nightly = client.read_deployment_by_name(f"{flow_name}/{nightly_spec['name']}")
+    nightly = client.read_deployment_by_name(f"{flow_of[nightly_spec['name']]}/{nightly_spec['name']}")
     only_nightly = DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id]))
     deadline = time.monotonic() + 30
     while not (runs := client.read_flow_runs(deployment_filter=only_nightly)) and time.monotonic() < deadline:
@@ -94,7 +96,7 @@ def test_prefect_yaml_deployments_register_with_their_schedule(server, client, t
 
     unscheduled = [d for d in spec["deployments"] if not d.get("schedules")]
     for declared in unscheduled:
-        deployment = client.read_deployment_by_name(f"{flow_name}/{declared['name']}")
+        deployment = client.read_deployment_by_name(f"{flow_of[declared['name']]}/{declared['name']}")
         assert client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=[deployment.id]))) == []
 
