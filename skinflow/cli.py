@@ -295,6 +295,22 @@ def runs(
                    f"{r.seconds:8.1f} s  rev {(r.git_commit or '-')[:10]}{dirty}  {r.run_id[:8]}")
 
 
+@app.command("export-records")
+def export_records(
+    repo: Annotated[Path, typer.Option("--repo", help="repository root")] = Path("."),
+    ledger_file: Annotated[Optional[Path], typer.Option("--ledger", help="ledger file")] = None,
+) -> None:
+    """Write each stage's lineage record file (metrics/timing/lineage/<stage>.json) from the ledger's run that
+    dvc.lock describes; then `dvc commit` those stages. For runs made before stages declared the file."""
+    from skinflow.lineage.audit import export_records as export
+
+    written = export(repo, ledger_file)
+    missing = sorted(name for name, path in written.items() if path is None)
+    typer.echo(f"wrote {len(written) - len(missing)} record files" + (f"; no matching run for {missing}" if missing else ""))
+    if missing:
+        raise typer.Exit(1)
+
+
 @app.command()
 def doctor() -> None:
     """Check the environment: versions, offline settings, accelerator, DVC remote, Prefect API."""

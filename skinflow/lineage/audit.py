@@ -9,6 +9,7 @@ adds what dvc.lock lacks: code revision and dirty flag, package versions, host, 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -208,12 +209,41 @@ def wrapped_command(cmd: str) -> list[str] | None:
 def _pick_record(lock: LockStage, records: list[ledger.RunRecord]) -> ledger.RunRecord | None:
     """Latest succeeded run whose outputs hash as dvc.lock says (failed runs never qualify),
     preferring a run of the command dvc.lock names over, say, a manual re-run of something else."""
-    wanted = {o.path: o.md5 for o in lock.outs}
+    # The stage's own record file is an out dvc.lock hashes but the record cannot: written after the hashing.
+    wanted = {o.path: o.md5 for o in lock.outs if o.path != ledger.record_file(lock.name)}
     matching = [r for r in records if r.succeeded and wanted
                 and all({o.path: o.md5 for o in r.outs}.get(p) == md5 for p, md5 in wanted.items())]
     command = wrapped_command(lock.cmd)
     same = [r for r in matching if command is not None and shlex.split(r.command) == command]
     return (same or matching or [None])[0]
+
+
+def export_records(root: str | os.PathLike = ".", ledger_file: str | os.PathLike | None = None) -> dict[str, str | None]:
+    """Write each locked stage's record file from the ledger: the run dvc.lock describes. For runs recorded
+    before stages declared their record files (then ``dvc commit`` them), or a lost file. Only stages whose
+    dvc.yaml outs list the file. Returns stage -> written path, or None where the ledger holds no matching run."""
+    from dvc.repo import Repo
+
+    root = Path(root).resolve()
+    ledger_file = Path(ledger_file) if ledger_file else ledger.ledger_path(root)
+    stages = read_lock(root)
+    with Repo(str(root)) as repo:
+        declared = {s.name: {o.def_path for o in s.outs} for s in repo.index.stages}
+    by_stage: dict[str, list[ledger.RunRecord]] = {}
+    for record in ledger.runs(ledger_file, stage=list(stages)):
+        by_stage.setdefault(record.stage, []).append(record)
+    written: dict[str, str | None] = {}
+    for name, lock in stages.items():
+        target = ledger.record_file(name)
+        if target not in declared.get(name, set()):
+            continue
+        record = _pick_record(lock, by_stage.get(name, []))
+        if record is not None:
+            (root / target).parent.mkdir(parents=True, exist_ok=True)
+            (root / target).write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True, default=str) + "\n",
+                                       encoding="utf-8")
+        written[name] = target if record is not None else None
+    return written
 
 
 def git_tracked(root: Path) -> set[str]:
@@ -261,6 +291,7 @@ def build_audit(target: str, root: str | os.PathLike = ".", ledger_file: str | o
             queue.append(found[0])
 
     ledger_file = Path(ledger_file) if ledger_file else ledger.ledger_path(root)
+    ledger.index_records(ledger_file, root)   # records that came with the results (other checkouts, a clone)
     by_stage: dict[str, list[ledger.RunRecord]] = {}
     for record in ledger.runs(ledger_file, stage=order):
         by_stage.setdefault(record.stage, []).append(record)

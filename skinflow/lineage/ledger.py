@@ -8,6 +8,11 @@ Two tables, so the ledger answers SQL questions directly (``which run produced m
 
 Default location ``<repo>/.skinflow/lineage.duckdb``; ``SKINFLOW_LEDGER`` overrides it. Writers hold
 the file for milliseconds; a concurrent opener retries instead of failing.
+
+The ledger is an index, not the only copy: a stage that declares ``metrics/timing/lineage/<stage>.json`` among its
+outputs (every dvc.yaml stage does) also gets its latest record written there, so the record travels with the
+stage's results (git, the hand-off between worker checkouts) and :func:`index_records` rebuilds the ledger from
+those files in any checkout.
 """
 
 from __future__ import annotations
@@ -84,6 +89,41 @@ class RunRecord:
         data["deps"] = [d.as_dict() for d in self.deps]
         data["outs"] = [d.as_dict() for d in self.outs]
         return data
+
+
+RECORDS_DIR = "metrics/timing/lineage"   # run facts: excluded from the byte-for-byte reproducibility checks
+
+
+def record_file(stage: str) -> str:
+    """Where a stage's latest record is kept, relative to the repo root."""
+    return f"{RECORDS_DIR}/{stage}.json"
+
+
+def record_from_dict(data: dict[str, Any]) -> RunRecord:
+    fields = {c: data.get(c) for c in _RUN_COLUMNS}
+    fields["started_at"] = datetime.fromisoformat(data["started_at"])
+    fields["ended_at"] = datetime.fromisoformat(data["ended_at"])
+    fields["params"], fields["dirty_paths"] = fields["params"] or {}, fields["dirty_paths"] or []
+    fields["packages"] = fields["packages"] or {}
+    return RunRecord(**fields, deps=[Digest(**d) for d in data.get("deps") or []],
+                     outs=[Digest(**d) for d in data.get("outs") or []])
+
+
+def index_records(path: str | os.PathLike, repo_root: str | os.PathLike = ".") -> int:
+    """Add to the ledger every record file under ``RECORDS_DIR`` whose run it does not hold yet (records made in
+    other checkouts, or a fresh clone's empty ledger); returns how many were added."""
+    files = sorted((Path(repo_root) / RECORDS_DIR).glob("*.json"))
+    if not files:
+        return 0
+    known = {r.run_id for r in runs(path)}
+    added = 0
+    for file in files:
+        record = record_from_dict(json.loads(file.read_text(encoding="utf-8")))
+        if record.run_id not in known:
+            append(path, record)
+            known.add(record.run_id)
+            added += 1
+    return added
 
 
 def ledger_path(repo_root: str | os.PathLike = ".") -> Path:

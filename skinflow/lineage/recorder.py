@@ -107,9 +107,10 @@ class Recording(threading.Thread):
             return Digest(path, None)
 
     def finish(self, command: list[str], exit_code: int, started_at: datetime, ended_at: datetime) -> ledger.RunRecord:
+        own = ledger.record_file(self.stage)   # the record cannot hold its own hash
         try:
             deps = [self._hash(*d) for d in self.plan.get("deps", [])]
-            outs = [self._hash(*o) for o in self.plan.get("outs", [])]
+            outs = [self._hash(*o) for o in self.plan.get("outs", []) if o[0] != own]
         finally:
             if self.repo is not None:
                 self.repo.close()
@@ -125,7 +126,19 @@ class Recording(threading.Thread):
             git_dirty=None if changed is None else bool(dirty_paths), dirty_paths=dirty_paths,
             repo_root=str(self.root), note="; ".join(self.notes) or None, deps=deps, outs=outs, **self.facts)
         ledger.append(ledger_file, record)
+        if any(path == own for path, _ in self.plan.get("outs", [])):   # declared: it travels with the results
+            _write_record(self.root / own, record)
         return record
+
+
+def _write_record(path: Path, record: ledger.RunRecord) -> None:
+    # Atomic (temp + rename) without skinflow.io, whose pandas import would slow every stage's exit.
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _inside(root: Path, *paths: str | os.PathLike) -> list[str]:

@@ -185,6 +185,10 @@ def test_audit_of_the_real_repository_degrades_gracefully(tmp_path):
                             capture_output=True, text=True, env=lineage_env(), timeout=300)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["produced_by"] == "validate" and doc["unrecorded_stages"] == doc["order"]
-    assert {"validate", "ingest", "synth"} <= set(doc["order"])
-    assert all(s["params_source"] == "dvc.lock" and s["ledger"] is None for s in doc["stages"].values())
+    assert doc["produced_by"] == "validate" and {"validate", "ingest", "synth"} <= set(doc["order"])
+    # An empty ledger is rebuilt from the record files the stages left among their outputs; a stage without
+    # one (a lock from before the records existed) is reported unrecorded, nothing fails.
+    with_file = {s for s in doc["order"] if (REPO / ledger.record_file(s)).exists()}
+    assert set(doc["unrecorded_stages"]) == set(doc["order"]) - with_file
+    assert all(s["params_source"] == ("ledger" if name in with_file else "dvc.lock")
+               for name, s in doc["stages"].items())

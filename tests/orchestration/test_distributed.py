@@ -3,7 +3,8 @@ checkout, an S3-compatible remote (moto's server) between them, and the orchestr
 
 Every stage must run on the pool its dvc.yaml ``meta`` names, the final metrics must reach the CPU checkout
 through the hand-off, the orchestrating checkout's dvc.lock must hold every stage, and a fresh clone of it must
-pull every output from the remote with nothing stale."""
+pull every output from the remote with nothing stale and verify the final metric's lineage, including the record
+made on the GPU worker."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 import pytest
 
 from dvc_toy import REPO, dvc, git, make_repo, run, up_to_date
+from skinflow.lineage.audit import build_audit, verify
 from skinflow.orchestration.handoff import read_lock
 from skinflow.orchestration.local_server import local_prefect_server, prefect_command, server_env
 
@@ -26,24 +28,33 @@ pytestmark = pytest.mark.slow
 DVC_YAML = """
 stages:
   prepare:
-    cmd: python prepare.py
+    cmd: python -m skinflow.lineage run prepare -- python prepare.py
     deps: [prepare.py]
-    outs: [data.txt]
+    outs:
+      - data.txt
+      - metrics/timing/lineage/prepare.json:
+          cache: false
     metrics:
       - count.json:
           cache: false
   train:
     meta: {pool: gpu}
-    cmd: python train.py
+    cmd: python -m skinflow.lineage run train -- python train.py
     deps: [train.py, data.txt, count.json]
-    outs: [model.txt]
+    outs:
+      - model.txt
+      - metrics/timing/lineage/train.json:
+          cache: false
     metrics:
       - score.json:
           cache: false
   summarise:
-    cmd: python summarise.py
+    cmd: python -m skinflow.lineage run summarise -- python summarise.py
     deps: [summarise.py, model.txt, score.json]
-    outs: [report.txt]
+    outs:
+      - report.txt
+      - metrics/timing/lineage/summarise.json:
+          cache: false
     metrics:
       - final.json:
           cache: false
@@ -173,4 +184,11 @@ def test_each_stage_runs_on_its_pool_and_one_lock_records_them_all(arrangement):
     run(["git", "clone", "-q", str(control), str(fresh)], a["tmp"])
     dvc("pull", cwd=fresh)
     assert (fresh / "report.txt").read_text() == "XXXXXXXgpu 14" and up_to_date(fresh)
+
+    # Lineage travelled too: the fresh clone rebuilds its ledger from the record files and verifies the final
+    # metric back to the raw input, each stage's record made in the checkout that ran it.
+    audit = build_audit("final.json:score", fresh)
+    assert audit.unrecorded_stages == [] and verify(audit) == []
+    made_in = {name: node.record.repo_root for name, node in audit.nodes.items()}
+    assert made_in == {"summarise": str(cpu), "train": str(gpu), "prepare": str(cpu)}, made_in
     assert time.monotonic() - started < 300
