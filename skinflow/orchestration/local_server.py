@@ -43,15 +43,17 @@ def server_env(home: str | os.PathLike, **settings: str) -> dict[str, str]:
 @contextlib.contextmanager
 def local_prefect_server(home: str | os.PathLike, port: int | None = None,
                          startup_timeout: float = 120.0,
-                         scheduler_loop_seconds: float | None = None) -> Iterator[str]:
+                         scheduler_loop_seconds: float | None = None, ui: bool = False) -> Iterator[str]:
     """Start ``prefect server start`` and yield its API URL once /api/health answers.
 
     ``scheduler_loop_seconds`` shortens the scheduler's 60 s loop so tests see scheduled runs of a
-    freshly created deployment within seconds. The server is stopped (SIGTERM, then SIGKILL) on exit."""
+    freshly created deployment within seconds; ``ui`` serves the web UI on the same port. The server is
+    stopped (SIGTERM, then SIGKILL) on exit."""
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    settings = {}
+    # The UI's scripts call the API at PREFECT_UI_API_URL, which otherwise names the default port.
+    settings = {"PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"} if ui else {}
     if scheduler_loop_seconds is not None:
         settings["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = str(scheduler_loop_seconds)
     log_path = home / "server.log"
