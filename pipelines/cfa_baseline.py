@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 
 from skinflow.baselines.cfa import (
-    LOSS_TERMS, CFAConfig, cached_features, load_encoder, loss_term_ablation, predict, save_head, train_head,
+    LOSS_TERMS, CFAConfig, cached_features, load_encoder, loss_term_ablation, predict, ranked_outputs, save_head,
+    train_head, truth_labels,
 )
 from skinflow.baselines.classification_metrics import classification_summary, reliability_table
-from skinflow.captions.parser import render_diagnoses
 from skinflow.data.manifest import image_paths
 from skinflow.eval.equivalence import LabelSpace
 from skinflow.eval.metrics import compute_metrics, confusion_matrix, metrics_markdown, per_group_table, write_confusion
@@ -38,11 +38,6 @@ OUT_CURVE = "metrics/baselines/{run}_curve.csv"
 OUT_RELIABILITY = "metrics/baselines/{run}_reliability.csv"  # calibration plot: confidence vs accuracy per bin
 OUT_EVAL_METRICS = "metrics/eval/{run}.json"
 OUT_EVAL_DIR = "data/eval/{run}"
-
-
-def _truths(frame: pd.DataFrame) -> list[str | None]:
-    # pandas' "string" dtype holds pd.NA; the evaluation code expects None for a missing truth.
-    return [None if pd.isna(v) else str(v) for v in frame["label"]]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = manifest[manifest["split"].isin(["train", "val", "test"])]
     rows = rows.sort_values("image_id", key=lambda s: s.astype(str), kind="mergesort").reset_index(drop=True)
-    truths = _truths(rows)
+    truths = truth_labels(rows)
     known = torch.tensor([t in index for t in truths])
     y = torch.tensor([index.get(t, -1) for t in truths])
     split = {s: torch.tensor((rows["split"] == s).to_numpy(dtype=bool)) for s in ("train", "val", "test")}
@@ -121,10 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                               cfg.ece_bins)).round(6))
 
     # The VLM evaluation path: ranked lists as the JSON the parser reads, mapped and scored as-is.
-    raw = pd.DataFrame({"image_id": test_rows["image_id"].astype(str).to_numpy(),
-                        "label": pd.Series(_truths(test_rows), dtype=object).to_numpy(),
-                        "fitzpatrick_scale": test_rows["fitzpatrick_scale"].fillna(-1).astype(int).to_numpy(),
-                        "raw_output": [render_diagnoses(r) for r in ranked]})
+    raw = ranked_outputs(test_rows, ranked)
     space = LabelSpace(taxonomy)
     mapped, match_log = map_predictions(raw, space)
     clinical = compute_metrics(mapped, space, n_boot=cfg.n_boot, seed=cfg.seed)

@@ -88,7 +88,7 @@ def test_a_second_clean_checkout_reproduces_every_output(repo_copy, tmp_path_fac
 
 # Stages that read none of stage2_rl's params or outputs: a Stage II experiment must not re-run them.
 NOT_STAGE2 = ("synth", "ingest", "validate", "caption", "base_model", "warmup", "stage1_rl@", "s1_nodve@",
-              "cfa_baseline", "skinvl_baseline", "evaluate_single@", "evaluate@stage1-")
+              "cfa_baseline", "skinvl_start", "skinvl_baseline", "evaluate_single@", "evaluate@stage1-")
 
 
 @pytest.mark.slow

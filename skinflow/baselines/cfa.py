@@ -440,6 +440,28 @@ def predict(head: CFAHead, features: torch.Tensor, text_embeddings: torch.Tensor
     return probs.numpy(), [[labels[j] for j in row] for row in order.tolist()]
 
 
+def truth_labels(rows) -> list[str | None]:
+    """Each row's label, None where missing (pandas' "string" dtype holds pd.NA; the evaluation expects None)."""
+    import pandas as pd
+
+    return [None if pd.isna(v) else str(v) for v in rows["label"]]
+
+
+def ranked_outputs(rows, ranked: Sequence[Sequence[str]]):
+    """The evaluation's raw table for ranked label lists (one per row of ``rows``, a manifest slice): ``image_id``,
+    ``label`` (None where missing), ``fitzpatrick_scale`` (-1 unknown) and ``raw_output``, the JSON the VLM
+    answer parser reads, so a classifier's lists are mapped and scored exactly like a VLM's answers."""
+    import pandas as pd
+
+    from skinflow.captions.parser import render_diagnoses
+
+    return pd.DataFrame({
+        "image_id": rows["image_id"].astype(str).to_numpy(),
+        "label": pd.Series(truth_labels(rows), dtype=object).to_numpy(),
+        "fitzpatrick_scale": rows["fitzpatrick_scale"].fillna(-1).astype(int).to_numpy(),
+        "raw_output": [render_diagnoses(list(r)) for r in ranked]})
+
+
 # ---- persistence --------------------------------------------------------------------------------
 
 

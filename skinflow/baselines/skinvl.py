@@ -11,7 +11,8 @@ diagnosis question answered with the label, and the Fitzpatrick type where the s
 share of images given each task is ``mix``. The start model is the warm-up model (the instruction-tuned
 stand-in on the embedded data) and the merged result is an ordinary model directory, so the project's
 own evaluation scores it as one more variant (ranked top-6, format compliance). The start model gets
-the same three evaluations, so the effect of the fine-tuning is visible side by side.
+the same three evaluations once (``evaluate_start``); each seed's fine-tuning (``run_skinvl``) is compared
+with it, so the effect of the fine-tuning is visible side by side.
 """
 
 from __future__ import annotations
@@ -384,10 +385,11 @@ def train_skinvl(start_dir: str, out_dir: str, images: list, questions: list[str
 # ---- the three evaluations -----------------------------------------------------------------------
 
 
-def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig,
-                     progress: bool = False) -> tuple[dict, np.ndarray]:
-    """(a) description text metrics, (b) zero-shot classification, (c) linear probe, with wall times;
-    also returns the probe's test features."""
+def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig, progress: bool = False,
+                     probe: bool = True) -> tuple[dict, dict]:
+    """(a) description text metrics, (b) zero-shot classification, (c) linear probe (unless ``probe`` is off),
+    with wall times. Also returns per-image outcomes (zero-shot and short-answer correctness, by image id), which
+    validation tuning pairs across candidates; they stay out of the summary."""
     from skinflow.model.base import load_model
     from skinflow.model.generation import generate_texts
 
@@ -406,6 +408,8 @@ def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig,
     replies = generate_texts(model, processor, asked, cfg.zero_shot_max_new_tokens, cfg.generation_batch_size,
                              progress=progress)
     zero_shot = zero_shot_scores(replies, data["eval_labels"], data["classes"])
+    matcher = class_matcher(data["classes"])
+    zero_shot_correct = [first_class(r, data["classes"], matcher) == t for r, t in zip(replies, data["eval_labels"])]
     seconds["zero_shot"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()  # the short-answer questions of the mix, held out on the evaluation split
@@ -418,19 +422,25 @@ def evaluate_variant(model_dir: str, data: dict, cfg: SkinVLConfig,
         if pairs:
             by_type[kind] = qa_scores([a for a, _ in pairs], [r for _, r in pairs])
     seconds["qa"] = round(time.perf_counter() - started, 2)
+    summary = {"vqa": vqa, "vqa_by_type": by_type, "zero_shot": zero_shot, "seconds": seconds,
+               "samples": {"description": answers[:3], "zero_shot": replies[:3]}}
 
-    started = time.perf_counter()
-    train_x = visual_features(model, processor, data["probe_train_images"])
-    test_x = visual_features(model, processor, data["probe_test_images"])
-    probe = linear_probe(train_x, data["probe_train_labels"], test_x, data["probe_test_labels"],
-                         cfg.probe_c_grid, cfg.probe_folds, cfg.seed, cfg.probe_max_iter)
-    seconds["linear_probe"] = round(time.perf_counter() - started, 2)
-    return {"vqa": vqa, "vqa_by_type": by_type, "zero_shot": zero_shot, "linear_probe": probe, "seconds": seconds,
-            "samples": {"description": answers[:3], "zero_shot": replies[:3]}}, test_x
+    if probe:
+        started = time.perf_counter()
+        train_x = visual_features(model, processor, data["train_images"])
+        test_x = visual_features(model, processor, data["probe_test_images"])
+        summary["linear_probe"] = linear_probe(train_x, data["train_labels"], test_x, data["probe_test_labels"],
+                                               cfg.probe_c_grid, cfg.probe_folds, cfg.seed, cfg.probe_max_iter)
+        seconds["linear_probe"] = round(time.perf_counter() - started, 2)
+    per_image = {"image_ids": data["eval_ids"], "zero_shot_correct": zero_shot_correct,
+                 "qa": [{"index": q["index"], "type": q["type"], "correct": _normalise(a) == _normalise(q["answer"])}
+                        for a, q in zip(said, short)]}
+    return summary, per_image
 
 
 def eval_data(manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataFrame, cfg: SkinVLConfig) -> dict:
-    """Images and references shared by every evaluated model (loaded once)."""
+    """Images and references shared by every evaluated model, and the train split's images (each decoded once:
+    training and the linear probe share them)."""
     summaries = caption_summaries(captions)
     rows = _rows(manifest, cfg.eval_split, cfg.eval_images)
     images = _images(rows)
@@ -441,12 +451,13 @@ def eval_data(manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataF
     test = _rows(manifest, cfg.eval_split, None)
     classes = sorted(taxonomy["label"])
     return {
-        "classes": classes, "qa": qa_items(rows, captions, classes),
-        "eval_images": images, "eval_labels": list(rows["label"]),
+        "classes": classes, "qa": qa_items(rows, captions, classes), "summaries": summaries, "captions": captions,
+        "eval_ids": [str(i) for i in rows["image_id"]], "eval_images": images, "eval_labels": list(rows["label"]),
         "vqa_images": [images[i] for i in with_ref],
         "vqa_refs": [summaries[rows["image_id"].iloc[i]] for i in with_ref],
-        "probe_train_images": _images(train), "probe_train_labels": list(train["label"]),
-        "probe_test_images": _images(test), "probe_test_labels": list(test["label"]),
+        "train_rows": train, "train_images": _images(train), "train_labels": list(train["label"]),
+        "probe_test_images": images if len(test) == len(rows) else _images(test),
+        "probe_test_labels": list(test["label"]),
     }
 
 
@@ -456,6 +467,24 @@ def _weights_md5(model_dir: str) -> str:
     return "-".join(md5_file(w) for w in sorted(Path(model_dir).glob("*.safetensors")))
 
 
+def vision_weights_change(start_dir: str, tuned_dir: str) -> float:
+    """Largest absolute change of any vision-tower weight between two model directories (0.0: frozen, as the
+    recipe requires)."""
+    from safetensors import safe_open
+
+    def tensors(model_dir: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for path in sorted(Path(model_dir).glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as f:
+                out.update({k: f.get_tensor(k) for k in f.keys() if "visual" in k})
+        return out
+
+    start, tuned = tensors(start_dir), tensors(tuned_dir)
+    if start.keys() != tuned.keys() or not start:
+        raise ValueError(f"{start_dir} and {tuned_dir} do not hold the same vision tower")
+    return max(float((start[k].float() - tuned[k].float()).abs().max()) for k in start)
+
+
 HEADLINE = {"vqa": ("bleu1", "bleu4", "rouge_l", "token_recall", "meteor", "bertscore_f1"),
             "zero_shot": ("accuracy", "macro_f1"), "linear_probe": ("accuracy", "macro_f1")}
 
@@ -463,43 +492,64 @@ HEADLINE = {"vqa": ("bleu1", "bleu4", "rouge_l", "token_recall", "meteor", "bert
 def _delta(base: dict, tuned: dict) -> dict:
     return {f"{part}.{key}": (None if base[part][key] is None or tuned[part][key] is None
                               else tuned[part][key] - base[part][key])
-            for part, keys in HEADLINE.items() for key in keys}
+            for part, keys in HEADLINE.items() if part in base and part in tuned for key in keys}
 
 
-def run_skinvl(out_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataFrame,
-               cfg: SkinVLConfig, progress: bool = False) -> dict:
-    """Evaluate the start model, fine-tune + merge into ``out_dir``, evaluate the result from disk."""
+def evaluate_start(manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataFrame,
+                   cfg: SkinVLConfig, progress: bool = False) -> dict:
+    """The start model under the three evaluations, once: every seed's fine-tuning is compared with it."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     wall = time.perf_counter()
-    summaries = caption_summaries(captions)
-    train = _rows(manifest, "train", None)
-    train = train[train["image_id"].isin(summaries)]
-    if cfg.train_limit:
-        train = train.head(cfg.train_limit)
-    if train.empty:
-        raise ValueError("no training image has a reference caption")
     data = eval_data(manifest, captions, taxonomy, cfg)
-    mix = instruction_mix(qa_items(train, captions, data["classes"]), cfg.mix, cfg.seed)
-    train_images = _images(train)
+    weights = _weights_md5(cfg.start_model)  # the start model may be rebuilt by its own stage
+    base, _ = evaluate_variant(cfg.start_model, data, cfg, progress)
+    if _weights_md5(cfg.start_model) != weights:
+        raise RuntimeError(f"{cfg.start_model} changed during the run; run the stage again")
+    return {"start_model": cfg.start_model, "start_model_weights_md5": weights, "eval_split": cfg.eval_split,
+            "base": base, "wall_seconds": round(time.perf_counter() - wall, 2)}
 
-    start_weights = _weights_md5(cfg.start_model)  # the start model may be rebuilt by its own stage
-    base, base_x = evaluate_variant(cfg.start_model, data, cfg, progress)
-    training = train_skinvl(cfg.start_model, out_dir, [train_images[q["index"]] for q in mix],
+
+def fine_tune(out_dir: str, data: dict, cfg: SkinVLConfig) -> dict:
+    """LoRA SFT of ``cfg.start_model`` on the seeded instruction mix of the captioned train images."""
+    train = data["train_rows"].reset_index(drop=True)
+    keep = [i for i, image_id in enumerate(train["image_id"]) if image_id in data["summaries"]]
+    if cfg.train_limit:
+        keep = keep[: cfg.train_limit]
+    if not keep:
+        raise ValueError("no training image has a reference caption")
+    rows = train.iloc[keep]
+    images = [data["train_images"][i] for i in keep]
+    mix = instruction_mix(qa_items(rows, data["captions"], data["classes"]), cfg.mix, cfg.seed)
+    training = train_skinvl(cfg.start_model, out_dir, [images[q["index"]] for q in mix],
                             [q["question"] for q in mix], [q["answer"] for q in mix], cfg)
     training["examples_by_type"] = {k: int(v) for k, v in
                                     sorted(pd.Series([q["type"] for q in mix]).value_counts().items())}
-    tuned, tuned_x = evaluate_variant(out_dir, data, cfg, progress)  # reloaded: the saved model is scored
-    if _weights_md5(cfg.start_model) != start_weights:
-        raise RuntimeError(f"{cfg.start_model} changed during the run; run the stage again")
-    # With the vision tower frozen the probe features must not move; record how far they did.
-    drift = float(np.abs(base_x - tuned_x).max())
+    return training
+
+
+def run_skinvl(out_dir: str, manifest: pd.DataFrame, captions: pd.DataFrame, taxonomy: pd.DataFrame,
+               cfg: SkinVLConfig, start: dict, progress: bool = False) -> dict:
+    """Fine-tune + merge into ``out_dir``, evaluate the result from disk, and compare it with ``start``
+    (``evaluate_start``'s summary of the same start model, split and settings)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if start["start_model_weights_md5"] != _weights_md5(cfg.start_model) or start["eval_split"] != cfg.eval_split:
+        raise ValueError(f"the start-model evaluation is not of {cfg.start_model} on split {cfg.eval_split} as it is "
+                         "now; run its stage again")
+    wall = time.perf_counter()
+    data = eval_data(manifest, captions, taxonomy, cfg)
+    training = fine_tune(out_dir, data, cfg)
+    tuned, _ = evaluate_variant(out_dir, data, cfg, progress)  # reloaded: the saved model is scored
+    base = start["base"]
     return {
-        "recipe": cfg.model_dump(), "start_model": cfg.start_model, "start_model_weights_md5": start_weights,
-        "model_dir": out_dir,
-        "train": training, "base": base, "skinvl": tuned, "delta": _delta(base, tuned),
+        "recipe": cfg.model_dump(), "seed": cfg.seed, "start_model": cfg.start_model,
+        "start_model_weights_md5": start["start_model_weights_md5"], "model_dir": out_dir,
+        "train": training, "skinvl": tuned, "delta": _delta(base, tuned),
         "delta_exact_match_by_type": {k: (None if v.get("exact_match") is None
                                           else tuned["vqa_by_type"][k]["exact_match"] - v["exact_match"])
                                       for k, v in base["vqa_by_type"].items()},
-        "probe_feature_max_abs_change": drift, "wall_seconds": round(time.perf_counter() - wall, 2),
+        # The recipe freezes the vision tower (LoRA on the language model only): record that it did not move.
+        "vision_weights_max_abs_change": vision_weights_change(cfg.start_model, out_dir),
+        "wall_seconds": round(time.perf_counter() - wall, 2),
     }

@@ -320,15 +320,23 @@ def baselines_section(inputs: ReportInputs) -> DocSection:
         section.parts.append(Table(["CFA loss terms", "focal", "align", "calib", "seeds", "val accuracy", "val NLL",
                                     "val ECE"], body, "CFA loss-term ablation on the validation split, mean "
                                    "(min-max) over seeds; the test split scores only the configured weights"))
-    for a in baselines:  # SkinVL: MM-Skin's per-question-type scores, start model beside the tuned one
-        types = (a.data.get("skinvl") or {}).get("vqa_by_type") or {}
-        base = (a.data.get("base") or {}).get("vqa_by_type") or {}
-        if types:
-            body = [[kind, fmt(v.get("n")), *(fmt((part.get(kind) or {}).get(m)) for m in ("exact_match", "bleu4")
-                                               for part in (base, types))] for kind, v in types.items()]
-            section.parts.append(Table(["question type", "n", "exact match (start)", "exact match (SkinVL)",
-                                        "BLEU-4 (start)", "BLEU-4 (SkinVL)"], body,
-                                       f"SkinVL per question type on held-out images ({a.path})"))
+    # SkinVL: MM-Skin's per-question-type scores, the start model (evaluated once) beside the tuned runs over seeds
+    start = next(((a.data.get("base") or {}).get("vqa_by_type") or {} for a in baselines
+                  if a.name == "baselines/skinvl_start"), {})
+    runs = [a for a in baselines if a.name.startswith("baselines/skinvl-s") and (a.data.get("skinvl") or {})]
+    if runs:
+        def spread(kind: str, metric: str) -> str:
+            values = [v for a in runs if (v := (a.data["skinvl"]["vqa_by_type"].get(kind) or {}).get(metric)) is not None]
+            if not values:
+                return fmt(None)
+            return fmt(sum(values) / len(values)) + (f" ({fmt(min(values))}-{fmt(max(values))})" if len(values) > 1 else "")
+        kinds = runs[0].data["skinvl"]["vqa_by_type"]
+        body = [[kind, fmt(v.get("n")), fmt((start.get(kind) or {}).get("exact_match")), spread(kind, "exact_match"),
+                 fmt((start.get(kind) or {}).get("bleu4")), spread(kind, "bleu4")] for kind, v in kinds.items()]
+        section.parts.append(Table(["question type", "n", "exact match (start)", "exact match (SkinVL)",
+                                    "BLEU-4 (start)", "BLEU-4 (SkinVL)"], body,
+                                   f"SkinVL per question type on held-out images, mean (min-max) over {len(runs)} "
+                                   "seed(s)"))
     for a in baselines:
         if a.data.get("not_applicable"):
             section.parts.append(Para(f"{a.name.split('/', 1)[1]} not produced: {a.data['not_applicable']}."))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from micro_models import micro_qwen2_5_vl
 from skinflow.baselines.skinvl import (NO_CLASS, SkinVLConfig, add_lora, bleu_n, first_class, linear_probe,
-                                       language_model_targets, run_skinvl, zero_shot_scores,
+                                       evaluate_start, language_model_targets, run_skinvl, zero_shot_scores,
                                        OPEN_QUESTIONS, InstructionMix, instruction_mix, qa_items, qa_scores)
 
 CLASSES = ["acne", "acne vulgaris", "eczema", "lichen planus", "psoriasis"]
@@ -147,8 +147,10 @@ def test_train_merge_reload_and_evaluate(workspace):
                        zero_shot_max_new_tokens=8, probe_c_grid=[1.0], probe_folds=2, logging_steps=1,
                        mix=InstructionMix(caption=1, open_qa=1, diagnosis=1, demographics=0.5))
     out = root / "skinvl"
-    summary = run_skinvl(str(out), manifest, captions, taxonomy, cfg)
+    start_eval = evaluate_start(manifest, captions, taxonomy, cfg)
+    summary = run_skinvl(str(out), manifest, captions, taxonomy, cfg, start_eval)
     write_json(root / "skinvl.json", summary)  # must be JSON-serialisable as written by the stage
+    write_json(root / "skinvl_start.json", start_eval)
 
     by_type = summary["train"]["examples_by_type"]
     assert summary["train"]["examples"] == sum(by_type.values())
@@ -170,10 +172,9 @@ def test_train_merge_reload_and_evaluate(workspace):
     # exactly the LoRA-targeted decoder projections moved (2 layers x 7); vision tower and the rest did not
     assert len(changed) == 2 * 7, sorted(changed)
     assert all(".layers." in k and k.endswith("proj.weight") and "visual" not in k for k in changed)
-    assert summary["probe_feature_max_abs_change"] == 0.0  # frozen vision tower
+    assert summary["vision_weights_max_abs_change"] == 0.0  # frozen vision tower
 
-    for name in ("base", "skinvl"):
-        part = summary[name]
+    for part in (start_eval["base"], summary["skinvl"]):
         assert part["vqa"]["n"] == 6 and part["zero_shot"]["n"] == 6
         for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "token_recall"):
             assert 0.0 <= part["vqa"][key] <= 1.0
@@ -184,10 +185,14 @@ def test_train_merge_reload_and_evaluate(workspace):
         assert set(part["seconds"]) == {"vqa", "zero_shot", "linear_probe", "qa"}
         assert set(OPEN_QUESTIONS) <= set(part["vqa_by_type"]) and part["vqa_by_type"]["morphology"]["n"] == 6
         assert all(0 <= v["exact_match"] <= 1 for k, v in part["vqa_by_type"].items() if k != "description")
-    assert summary["base"]["linear_probe"] == summary["skinvl"]["linear_probe"]
+    assert start_eval["base"]["linear_probe"] == summary["skinvl"]["linear_probe"]  # same frozen features
     assert summary["delta"]["linear_probe.accuracy"] == 0.0
     assert summary["wall_seconds"] > 0
     assert isinstance(pd.DataFrame(summary["train"]["history"]), pd.DataFrame)
+    # a start-model evaluation of another split (or other weights) is refused before any training
+    with pytest.raises(ValueError, match="start-model evaluation"):
+        run_skinvl(str(root / "refused"), manifest, captions, taxonomy, cfg, {**start_eval, "eval_split": "val"})
+    assert not (root / "refused").exists()
 
 
 # ---- the instruction mix ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_pools_come_from_dvc_yaml_meta():
     for name, pool in pools.items():
         runs_a_model = name.split("@")[0] in {"stage1_rl", "stage2_rl", "s1_nodve", "s1_s2", "stage2_only",
                                               "dve_only", "vlora_s1", "vision_lora", "evaluate",
-                                              "evaluate_control", "evaluate_single", "skinvl_baseline",
+                                              "evaluate_control", "evaluate_single", "skinvl_start", "skinvl_baseline",
                                               "attention"}
         assert pool == ("gpu" if runs_a_model else "cpu"), (name, pool)
 
