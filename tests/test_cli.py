@@ -17,7 +17,7 @@ from skinflow.cli import app
 REPO = Path(__file__).resolve().parents[1]
 STAGE_COMMANDS = {"synth", "ingest", "validate", "caption", "base-model", "warmup", "stage1-rl", "stage2-rl",
                   "evaluate", "ablation"}
-OTHER_COMMANDS = {"verify-lock", "deps", "report", "lineage", "runs", "doctor", "params"}
+OTHER_COMMANDS = {"verify-lock", "deps", "report", "lineage", "runs", "export-records", "doctor", "params"}
 runner = CliRunner()
 
 
