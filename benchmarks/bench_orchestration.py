@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -127,10 +128,10 @@ def dummy_dag(built: Path, dest: Path) -> Path:
 
     spec = yaml.safe_load((built / "dvc.yaml").read_text())
     for name, stage in spec["stages"].items():
-        if "foreach" in stage:
-            stage["do"]["cmd"] = f"python dummy_stage.py {name}@${{key}}"
-        else:
-            stage["cmd"] = f"python dummy_stage.py {name}"
+        body = stage.get("do", stage)   # foreach / matrix stages keep their command under `do` or in place
+        # The stage's own resolved name, as its lineage wrapper spells it (``${item}``, ``${key}``, matrix items).
+        found = re.search(r"skinflow\.lineage run (\S+) --", body["cmd"])
+        body["cmd"] = f"python dummy_stage.py {found.group(1) if found else name}"
     (dest / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     shutil.copy2(built / "params.yaml", dest / "params.yaml")
     (dest / ".dvc").mkdir(exist_ok=True)

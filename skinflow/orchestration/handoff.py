@@ -29,8 +29,6 @@ from typing import Any, Callable
 
 import yaml
 
-from skinflow.io import atomic_path
-
 LOCK = "dvc.lock"
 
 
@@ -107,6 +105,8 @@ def read_lock(repo_dir: str | os.PathLike) -> dict:
 
 def merge_lock_entries(repo_dir: str | os.PathLike, entries: dict[str, dict]) -> None:
     """Replace (or add) these stages' entries in the checkout's dvc.lock, atomically; other entries stay."""
+    from skinflow.io import atomic_path   # lazily: importing the flow module stays light (pandas)
+
     if not entries:
         return
     lock = read_lock(repo_dir) or {"schema": "2.0", "stages": {}}
@@ -137,6 +137,8 @@ def receive(repo_dir: str | os.PathLike, package: Package, stage: str | None = N
             env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> list[str]:
     """Merge the package's lock entries and write its uncached files; with ``stage`` and ``pull``, then pull the
     cached outputs that stage's deps need. Returns the pulled paths."""
+    from skinflow.io import atomic_path
+
     root = Path(repo_dir)
     merge_lock_entries(root, package.stages)
     for rel, blob in sorted(package.files.items()):
