@@ -98,15 +98,16 @@ def stage_in_checkout(name: str, package: dict | None = None, repo_dir: str = ".
     log = get_run_logger().info
     env = stage_env(_lineage_env())
     with checkout_lock(repo_dir):
-        handoff.receive(repo_dir, handoff.Package.from_json(package), stage=name, env=env, log=log)
+        io = handoff.stage_io(repo_dir, name)   # one DVC index for both ends of the hand-off
+        handoff.receive(repo_dir, handoff.Package.from_json(package), stage=io, env=env, log=log)
         run_dvc_stage(name, repo_dir, log=log, extra_env=_lineage_env())
-        return handoff.send(repo_dir, name, env=env, log=log).to_json()
+        return handoff.send(repo_dir, io, env=env, log=log).to_json()
 
 
 @task(retry_delay_seconds=30)
-def dispatch(name: str, pool: str, repo_dir: str, base: dict, upstream: list[dict]) -> dict:
+def dispatch(io: handoff.StageIO, pool: str, repo_dir: str, base: dict, upstream: list[dict]) -> dict:
     """Run one stage on its pool's worker (a run of ``skinflow-stage/stage-<pool>``) and take its package back."""
-    io = handoff.stage_io(repo_dir, name)
+    name = io.name
     package = handoff.upstream_package(handoff.Package.from_json(base).merged(
         *(handoff.Package.from_json(u) for u in upstream)), io)
     child = run_deployment(f"{STAGE_FLOW}/stage-{pool}", parameters={"name": name, "package": package.to_json()},
@@ -130,13 +131,14 @@ def distributed(repo_dir: str = ".", only: list[str] | None = None, retries: int
     remote. Every returned lock entry is merged into this checkout's dvc.lock, attached (and committed if
     ``commit_lock``) at the end, like ``pipeline``'s."""
     with checkout_lock(repo_dir):
-        base = handoff.local_package(repo_dir, handoff.all_stage_io(repo_dir)).to_json()
+        ios = handoff.all_stage_io(repo_dir)   # one DVC index for the whole run, not one per stage
+        base = handoff.local_package(repo_dir, ios).to_json()
         futures = {}
         for name, pool, upstream in stage_graph(repo_dir):
             if only and name not in only:
                 continue
             run = dispatch.with_options(task_run_name=f"{pool}:{name}", retries=retries)
-            futures[name] = run.submit(name, pool, repo_dir, base, [futures[u] for u in upstream if u in futures])
+            futures[name] = run.submit(ios[name], pool, repo_dir, base, [futures[u] for u in upstream if u in futures])
         for future in futures.values():
             future.result()
         done = list(futures)

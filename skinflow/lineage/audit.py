@@ -9,7 +9,6 @@ adds what dvc.lock lacks: code revision and dirty flag, package versions, host, 
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -239,9 +238,7 @@ def export_records(root: str | os.PathLike = ".", ledger_file: str | os.PathLike
             continue
         record = _pick_record(lock, by_stage.get(name, []))
         if record is not None:
-            (root / target).parent.mkdir(parents=True, exist_ok=True)
-            (root / target).write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True, default=str) + "\n",
-                                       encoding="utf-8")
+            ledger.write_record_file(root, record)
         written[name] = target if record is not None else None
     return written
 

@@ -99,6 +99,17 @@ def record_file(stage: str) -> str:
     return f"{RECORDS_DIR}/{stage}.json"
 
 
+def write_record_file(root: str | os.PathLike, record: RunRecord) -> Path:
+    """Write ``record`` to its stage's record file, atomically (temp + rename; no skinflow.io, whose pandas import
+    would slow every stage's exit)."""
+    path = Path(root) / record_file(record.stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def record_from_dict(data: dict[str, Any]) -> RunRecord:
     fields = {c: data.get(c) for c in _RUN_COLUMNS}
     fields["started_at"] = datetime.fromisoformat(data["started_at"])

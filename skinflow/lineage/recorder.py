@@ -127,18 +127,8 @@ class Recording(threading.Thread):
             repo_root=str(self.root), note="; ".join(self.notes) or None, deps=deps, outs=outs, **self.facts)
         ledger.append(ledger_file, record)
         if any(path == own for path, _ in self.plan.get("outs", [])):   # declared: it travels with the results
-            _write_record(self.root / own, record)
+            ledger.write_record_file(self.root, record)
         return record
-
-
-def _write_record(path: Path, record: ledger.RunRecord) -> None:
-    # Atomic (temp + rename) without skinflow.io, whose pandas import would slow every stage's exit.
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _inside(root: Path, *paths: str | os.PathLike) -> list[str]:

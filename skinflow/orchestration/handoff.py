@@ -25,7 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -115,11 +115,16 @@ def merge_lock_entries(repo_dir: str | os.PathLike, entries: dict[str, dict]) ->
         Path(tmp).write_text(yaml.safe_dump(lock, sort_keys=False), encoding="utf-8")
 
 
-def _files_under(root: Path, rel: str) -> list[str]:
-    path = root / rel
-    if path.is_dir():
-        return sorted(str(p.relative_to(root)) for p in path.rglob("*") if p.is_file())
-    return [rel] if path.is_file() else []
+def _encoded_files(root: Path, outs: Iterable[str]) -> dict[str, str]:
+    """Every file at or under ``outs`` (uncached outputs), base64 by repo-relative path."""
+    found = []
+    for rel in outs:
+        path = root / rel
+        if path.is_dir():
+            found += sorted(str(p.relative_to(root)) for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            found.append(rel)
+    return {rel: base64.b64encode((root / rel).read_bytes()).decode("ascii") for rel in found}
 
 
 def _dvc(repo_dir: str | os.PathLike, args: list[str], env: dict[str, str] | None,
@@ -133,10 +138,11 @@ def _dvc(repo_dir: str | os.PathLike, args: list[str], env: dict[str, str] | Non
         raise RuntimeError(f"dvc {' '.join(args)} failed in {repo_dir} ({done.returncode}):\n{done.stderr[-2000:]}")
 
 
-def receive(repo_dir: str | os.PathLike, package: Package, stage: str | None = None, pull: bool = True,
+def receive(repo_dir: str | os.PathLike, package: Package, stage: str | StageIO | None = None, pull: bool = True,
             env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> list[str]:
-    """Merge the package's lock entries and write its uncached files; with ``stage`` and ``pull``, then pull the
-    cached outputs that stage's deps need. Returns the pulled paths."""
+    """Merge the package's lock entries and write its uncached files; with ``stage`` (a name, or its
+    :class:`StageIO` when the caller has it) and ``pull``, then pull the cached outputs that stage's deps need.
+    Returns the pulled paths."""
     from skinflow.io import atomic_path
 
     root = Path(repo_dir)
@@ -148,7 +154,8 @@ def receive(repo_dir: str | os.PathLike, package: Package, stage: str | None = N
             Path(tmp).write_bytes(base64.b64decode(blob))
     if stage is None or not pull:
         return []
-    io = stage_io(root, stage)
+    io = stage if isinstance(stage, StageIO) else stage_io(root, stage)
+    stage = io.name
     missing = sorted({s for s, _, _ in io.inputs} - set(read_lock(root).get("stages") or {}))
     if missing:
         raise RuntimeError(f"stage {stage}: no dvc.lock entry for upstream {missing}; run them first or pass "
@@ -163,19 +170,18 @@ def receive(repo_dir: str | os.PathLike, package: Package, stage: str | None = N
     return needed
 
 
-def send(repo_dir: str | os.PathLike, stage: str, env: dict[str, str] | None = None,
+def send(repo_dir: str | os.PathLike, stage: str | StageIO, env: dict[str, str] | None = None,
          log: Callable[[str], None] = print) -> Package:
     """Push the stage's cached outputs to the default remote; return its lock entry and uncached files."""
     root = Path(repo_dir)
-    io = stage_io(root, stage)
+    io = stage if isinstance(stage, StageIO) else stage_io(root, stage)
+    stage = io.name
     entry = (read_lock(root).get("stages") or {}).get(stage)
     if entry is None:
         raise RuntimeError(f"stage {stage} has no dvc.lock entry in {repo_dir}: did it run?")
     if io.cached_outs:
         _dvc(root, ["push", *io.cached_outs], env, log)
-    files = {rel: base64.b64encode((root / rel).read_bytes()).decode("ascii")
-             for out in io.uncached_outs for rel in _files_under(root, out)}
-    return Package({stage: entry}, files)
+    return Package({stage: entry}, _encoded_files(root, io.uncached_outs))
 
 
 def upstream_package(package: Package, io: StageIO) -> Package:
@@ -191,6 +197,5 @@ def local_package(repo_dir: str | os.PathLike, ios: dict[str, StageIO], stages: 
     root = Path(repo_dir)
     locked = read_lock(root).get("stages") or {}
     names = set(ios) if stages is None else stages
-    files = {rel: base64.b64encode((root / rel).read_bytes()).decode("ascii")
-             for name in names if name in ios for out in ios[name].uncached_outs for rel in _files_under(root, out)}
+    files = _encoded_files(root, [out for name in names if name in ios for out in ios[name].uncached_outs])
     return Package({n: e for n, e in locked.items() if n in names}, files)

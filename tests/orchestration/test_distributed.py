@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -145,7 +144,6 @@ def test_each_stage_runs_on_its_pool_and_one_lock_records_them_all(arrangement):
 
     a = arrangement
     control, cpu, gpu = a["control"], a["checkouts"]["cpu"], a["checkouts"]["gpu"]
-    started = time.monotonic()
     with temporary_settings(updates={PREFECT_API_URL: a["url"], PREFECT_RESULTS_PERSIST_BY_DEFAULT: True}):
         state = distributed(str(control), return_state=True)
         assert state.is_completed(), state.message
@@ -191,4 +189,3 @@ def test_each_stage_runs_on_its_pool_and_one_lock_records_them_all(arrangement):
     assert audit.unrecorded_stages == [] and verify(audit) == []
     made_in = {name: node.record.repo_root for name, node in audit.nodes.items()}
     assert made_in == {"summarise": str(cpu), "train": str(gpu), "prepare": str(cpu)}, made_in
-    assert time.monotonic() - started < 300
